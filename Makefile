@@ -1,0 +1,37 @@
+# Two commands a newcomer needs: `make demo` (the whole pipeline on embedded defaults) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint format bench bench-quick test-faults dagster clean-data
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test,browser]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/property-pipeline demo
+
+test: $(STAMP)
+	$(BIN)/ruff check property_pipeline property_pipeline_tests
+	$(BIN)/ruff format --check property_pipeline property_pipeline_tests
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-faults: $(STAMP)
+	$(BIN)/pytest -m faults $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check property_pipeline property_pipeline_tests
+
+format: $(STAMP)
+	$(BIN)/ruff format property_pipeline property_pipeline_tests
+	$(BIN)/ruff check --fix property_pipeline property_pipeline_tests
+
+dagster: $(STAMP)
+	mkdir -p dagster_home && DAGSTER_HOME=$(CURDIR)/dagster_home $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+clean-data:
+	rm -rf logs/property_payloads logs/pending logs/processing logs/processed logs/archive property_pipeline.db*

@@ -1,0 +1,367 @@
+"""The `property-pipeline` command: a thin front door onto the core modules.
+
+Exit status: 0 when everything asked for succeeded, 1 when some file failed or did not
+verify, 2 for usage and configuration errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy import make_url
+from sqlalchemy.exc import OperationalError
+
+from property_pipeline.db import status as file_status
+from property_pipeline.db.engine import SchemaOutOfDate, create_db_engine, upgrade
+from property_pipeline.db.queries import file_states, month_statuses, problem_files
+from property_pipeline.db.schema import utcnow
+from property_pipeline.integrity import verify_files
+from property_pipeline.processing.engine import FileOutcome, PayloadProcessor
+from property_pipeline.registration import register_unregistered
+from property_pipeline.runtime import Pipeline
+from property_pipeline.settings import Settings, SettingsError
+from property_pipeline.store import markers
+from property_pipeline.store.layout import PayloadPathError, validate_month
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class PipelineUsageError(click.ClickException):
+    exit_code = EXIT_USAGE
+
+
+def _month_option(function: F) -> F:
+    return click.option("--month", help="Only this month (YYYY-MM).", callback=_check_month)(function)
+
+
+def _check_month(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return validate_month(value)
+    except PayloadPathError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _json_option(function: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(function)
+
+
+def pipeline_command(function: F) -> F:
+    """Give the command a Pipeline and turn configuration and connection problems into clear exits."""
+
+    @wraps(function)
+    @click.pass_obj
+    def wrapper(settings: Settings, *args: Any, **kwargs: Any) -> Any:
+        pipeline = Pipeline(settings)
+        try:
+            return function(pipeline, *args, **kwargs)
+        except SchemaOutOfDate as error:
+            raise PipelineUsageError(str(error)) from None
+        except OperationalError as error:
+            where = make_url(settings.db_url).render_as_string(hide_password=True)
+            raise click.ClickException(
+                f"cannot use the database at {where}: {error.orig}. "
+                "Check PROPERTY_PIPELINE_DB_URL and that the server is running."
+            ) from None
+        finally:
+            pipeline.close()
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, default=_json_default, ensure_ascii=False))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers] + [["" if cell is None else str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _age(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    seconds = int((utcnow() - moment).total_seconds())
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail to stderr.")
+@click.version_option(package_name="property_pipeline")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Capture property-search API pages as immutable files, then load them into the database exactly once."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    try:
+        ctx.obj = Settings.from_env()
+    except SettingsError as error:
+        raise PipelineUsageError(str(error)) from None
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(settings: Settings) -> None:
+    """Bring the database to the newest schema (Alembic migrations shipped in the package)."""
+    engine = create_db_engine(settings.db_url)
+    try:
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        click.echo(f"database already at the newest schema ({after})")
+    else:
+        click.echo(f"database upgraded from {before or 'empty'} to {after}")
+
+
+@main.command()
+@_month_option
+@_json_option
+@pipeline_command
+def register(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
+    """Register payload files that are on disk but not yet in the database, as PENDING."""
+    report = register_unregistered(pipeline.engine, pipeline.root, "cli:register", month)
+    if as_json:
+        _print_json(
+            {
+                "registered": [r.file_path for r in report.registered],
+                "duplicates": [{"file_path": r.file_path, "duplicate_of": r.duplicate_of} for r in report.duplicates],
+                "already_registered": report.already_registered,
+                "skipped": [{"path": p, "reason": why} for p, why in report.skipped],
+            }
+        )
+    else:
+        for registration in report.registered:
+            click.echo(f"registered  {registration.file_path} (file {registration.file_id}, PENDING)")
+        for registration in report.duplicates:
+            click.echo(
+                f"duplicate   {registration.file_path}: same content as file {registration.duplicate_of}; "
+                "recorded, not loaded again"
+            )
+        for path, reason in report.skipped:
+            click.echo(f"skipped     {path}: {reason}", err=True)
+        click.echo(
+            f"{len(report.registered)} registered, {len(report.duplicates)} duplicates, "
+            f"{len(report.skipped)} skipped, {report.already_registered} already registered"
+        )
+    sys.exit(EXIT_FAILED if report.skipped else EXIT_OK)
+
+
+class _Progress:
+    """A one-line progress display at a terminal, plain log lines otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = self.records = 0
+        self.started = datetime.now()
+        self.interactive = sys.stderr.isatty()
+
+    def __call__(self, outcome: FileOutcome) -> None:
+        self.done += 1
+        self.records += outcome.success_count
+        elapsed = max((datetime.now() - self.started).total_seconds(), 1e-6)
+        rate = self.records / elapsed
+        if self.interactive:
+            width = 30
+            filled = int(width * self.done / self.total) if self.total else width
+            bar = "#" * filled + "." * (width - filled)
+            click.echo(
+                f"\r[{bar}] {self.done}/{self.total} files  {self.records} records  {rate:,.0f} rec/s",
+                err=True,
+                nl=False,
+            )
+        else:
+            detail = f"{outcome.success_count} loaded, {outcome.error_count} quarantined"
+            if outcome.error:
+                detail = outcome.error
+            click.echo(f"{outcome.status:<9} {outcome.file_path} ({detail})", err=True)
+
+    def finish(self) -> None:
+        if self.interactive and self.done:
+            click.echo("", err=True)
+
+
+@main.command()
+@_month_option
+@click.option("--include-failed", is_flag=True, help="Put FAILED files back to PENDING first, then process them too.")
+@click.option("--limit", type=click.IntRange(min=1), help="Process at most N files.")
+@_json_option
+@pipeline_command
+def process(pipeline: Pipeline, month: str | None, include_failed: bool, limit: int | None, as_json: bool) -> None:
+    """Load PENDING files into the database, each exactly once, each in one transaction."""
+    statuses = month_statuses(pipeline.engine, month)
+    total = sum(s.pending + (s.failed if include_failed else 0) for s in statuses)
+    progress = _Progress(min(total, limit) if limit else total)
+    processor = PayloadProcessor(pipeline.engine, pipeline.root, lease_seconds=pipeline.settings.lease_seconds)
+    report = processor.run(month=month, include_failed=include_failed, limit=limit, on_file=progress)
+    progress.finish()
+    if as_json:
+        _print_json(
+            {
+                "worker": report.worker,
+                "files_completed": report.completed,
+                "files_failed": report.failed,
+                "records_loaded": report.records_loaded,
+                "records_quarantined": report.records_quarantined,
+                "seconds": round(report.seconds, 3),
+                "rows_per_second": round(report.rows_per_second, 1),
+                "requeued_after_expired_lease": report.requeued,
+                "retried": report.retried,
+                "failures": [{"file_id": o.file_id, "file_path": o.file_path, "error": o.error} for o in report.errors],
+            }
+        )
+    else:
+        click.echo(
+            f"{report.completed} files completed, {report.failed} failed; {report.records_loaded} records loaded, "
+            f"{report.records_quarantined} quarantined in {report.seconds:.1f}s ({report.rows_per_second:,.0f} rows/s)"
+        )
+        for outcome in report.errors:
+            click.echo(f"FAILED file {outcome.file_id} {outcome.file_path}: {outcome.error}", err=True)
+        if report.errors:
+            click.echo("Fix the cause, then: property-pipeline retry --file-id N (or --all-failed)", err=True)
+    sys.exit(EXIT_FAILED if report.failed else EXIT_OK)
+
+
+@main.command()
+@_month_option
+@_json_option
+@pipeline_command
+def status(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
+    """Files by status and month; stuck and failed files with their errors."""
+    months = month_statuses(pipeline.engine, month)
+    stuck, failed = problem_files(pipeline.engine, month)
+    if as_json:
+        _print_json(
+            {
+                "months": [{**vars(m), "total": m.total} for m in months],
+                "stuck": [vars(f) for f in stuck],
+                "failed": [vars(f) for f in failed],
+            }
+        )
+        return
+    if not months:
+        click.echo("no payload files registered yet (capture some, or run `property-pipeline register`)")
+        return
+    click.echo(
+        _table(
+            [
+                "month",
+                "pending",
+                "processing",
+                "completed",
+                "failed",
+                "duplicates",
+                "loaded",
+                "quarantined",
+                "oldest pending",
+            ],
+            [
+                [
+                    m.month,
+                    m.pending,
+                    m.processing,
+                    m.completed,
+                    m.failed,
+                    m.duplicates,
+                    m.records_loaded,
+                    m.records_quarantined,
+                    _age(m.oldest_pending_at),
+                ]
+                for m in months
+            ],
+        )
+    )
+    if stuck:
+        click.echo(f"\nstuck in PROCESSING past their lease ({len(stuck)}): the next `process` run requeues them")
+        click.echo(
+            _table(
+                ["file", "path", "worker", "lease ended"],
+                [[f.file_id, f.file_path, f.locked_by, f.locked_until] for f in stuck],
+            )
+        )
+    if failed:
+        click.echo(f"\nFAILED ({len(failed)}): fix the cause, then `property-pipeline retry`")
+        click.echo(
+            _table(
+                ["file", "path", "attempts", "error"],
+                [[f.file_id, f.file_path, f.attempts, (f.error_details or "")[:160]] for f in failed],
+            )
+        )
+
+
+@main.command()
+@_month_option
+@_json_option
+@pipeline_command
+def verify(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
+    """Check that every registered file still exists and matches its SHA-256."""
+    report = verify_files(pipeline.engine, pipeline.root, month)
+    if as_json:
+        _print_json({"checked": report.checked, "ok": report.ok, "problems": [vars(p) for p in report.problems]})
+    else:
+        for problem in report.problems:
+            click.echo(f"PROBLEM file {problem.file_id} {problem.file_path}: {problem.problem}", err=True)
+        click.echo(f"{report.checked} files checked, {len(report.problems)} problems")
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+@main.command()
+@click.option("--file-id", "file_ids", type=int, multiple=True, help="A FAILED file to retry (repeatable).")
+@_month_option
+@click.option("--all-failed", is_flag=True, help="Every FAILED file.")
+@pipeline_command
+def retry(pipeline: Pipeline, file_ids: tuple[int, ...], month: str | None, all_failed: bool) -> None:
+    """Put FAILED files back to PENDING (recorded in file_status_events); then run `process`."""
+    if not (file_ids or month or all_failed):
+        raise PipelineUsageError("say what to retry: --file-id N, --month YYYY-MM or --all-failed")
+    retried = file_status.retry_failed(
+        pipeline.engine, "cli:retry", file_ids=list(file_ids) or None, month=month, all_failed=all_failed
+    )
+    for file_id in retried:
+        click.echo(f"file {file_id}: FAILED -> PENDING")
+    missing = sorted(set(file_ids) - set(retried))
+    for file_id in missing:
+        click.echo(f"file {file_id}: not FAILED (unknown id, or in another state); left as it is", err=True)
+    click.echo(f"{len(retried)} files back to PENDING; run `property-pipeline process` to load them")
+    sys.exit(EXIT_FAILED if missing else EXIT_OK)
+
+
+@main.command()
+@pipeline_command
+def reconcile(pipeline: Pipeline) -> None:
+    """Rebuild the pending/ and processed/ marker folders from the database (after a crash)."""
+    changed = markers.reconcile_markers(pipeline.root, file_states(pipeline.engine))
+    click.echo(f"{changed} markers fixed")

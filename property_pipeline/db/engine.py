@@ -1,0 +1,136 @@
+"""Connecting to the database and bringing its schema to the newest migration."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+PG_MIGRATION_LOCK = 7_220_001  # advisory lock key: one migrator at a time
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database has tables from an older version of the pipeline."""
+
+
+def normalise_url(url: str) -> str:
+    """Plain `postgresql://` URLs go through psycopg 3, the driver the loader is written for."""
+    parsed = make_url(url)
+    if parsed.drivername in {"postgresql", "postgres"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def create_db_engine(url: str) -> Engine:
+    """An Engine with the settings the pipeline relies on (SQLite: WAL, busy timeout, BEGIN IMMEDIATE)."""
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        parsed = make_url(url)
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        # Take the write lock when the transaction starts, so two processors never both read
+        # a PENDING row and then race to upgrade their read lock.
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin_immediate(connection):  # type: ignore[no-untyped-def]
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+
+
+def _alembic_config(connection) -> Config:  # type: ignore[no-untyped-def]
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """Only one process migrates at a time (several processors may start on a fresh database)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PG_MIGRATION_LOCK})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PG_MIGRATION_LOCK})
+                connection.commit()
+    elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        lock_path = Path(f"{engine.url.database}.migrate.lock")
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    else:
+        yield
+
+
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
+    """Apply migrations up to `revision`; returns (revision before, revision after)."""
+    with _migration_lock(engine):
+        before = current_revision(engine)
+        with engine.begin() as connection:
+            command.upgrade(_alembic_config(connection), revision)
+        after = current_revision(engine)
+    if before != after:
+        log.info("database schema upgraded from %s to %s", before or "empty", after)
+    return before, after or ""
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the schema on an empty database; refuse to run on an older schema without `db upgrade`."""
+    revision = current_revision(engine)
+    if revision == head_revision():
+        return
+    if revision is None:
+        existing = set(inspect(engine).get_table_names()) - {"alembic_version"}
+        if existing & {"batch_file_status", "properties"}:
+            raise SchemaOutOfDate(
+                "the database has pipeline tables but no migration record; "
+                "it was not created by property-pipeline. Point PROPERTY_PIPELINE_DB_URL elsewhere."
+            )
+        upgrade(engine)
+        return
+    raise SchemaOutOfDate(
+        f"the database schema is at revision {revision}, this version needs {head_revision()}: "
+        "run `property-pipeline db upgrade` first"
+    )

@@ -1,0 +1,178 @@
+"""Read-only questions about the status table, shared by the CLI, the Dagster checks and the reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, case, func, select
+
+from property_pipeline.db.schema import batch_file_status as files
+from property_pipeline.db.schema import file_properties, utcnow
+from property_pipeline.db.status import COMPLETED, FAILED, PENDING, PROCESSING
+
+
+@dataclass(frozen=True)
+class MonthStatus:
+    month: str
+    pending: int
+    processing: int
+    completed: int
+    failed: int
+    duplicates: int
+    records_loaded: int
+    records_quarantined: int
+    oldest_pending_at: datetime | None
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.processing + self.completed + self.failed
+
+
+@dataclass(frozen=True)
+class FileProblemRow:
+    file_id: int
+    file_path: str
+    status: str
+    attempts: int
+    error_details: str | None
+    locked_by: str | None
+    locked_until: datetime | None
+    processed_at: datetime | None
+
+
+def _count(state: str):  # type: ignore[no-untyped-def]
+    return func.sum(case((files.c.status == state, 1), else_=0))
+
+
+def month_statuses(engine: Engine, month: str | None = None) -> list[MonthStatus]:
+    """Files by status, records loaded and quarantined, and the oldest PENDING file, per month."""
+    query = (
+        select(
+            files.c.month,
+            _count(PENDING).label("pending"),
+            _count(PROCESSING).label("processing"),
+            _count(COMPLETED).label("completed"),
+            _count(FAILED).label("failed"),
+            func.sum(case((files.c.duplicate_of_file_id.is_not(None), 1), else_=0)).label("duplicates"),
+            func.coalesce(func.sum(case((files.c.status == COMPLETED, files.c.success_count), else_=0)), 0).label(
+                "loaded"
+            ),
+            func.coalesce(func.sum(case((files.c.status == COMPLETED, files.c.error_count), else_=0)), 0).label(
+                "quarantined"
+            ),
+            func.min(case((files.c.status == PENDING, files.c.created_at))).label("oldest_pending"),
+        )
+        .group_by(files.c.month)
+        .order_by(files.c.month)
+    )
+    if month is not None:
+        query = query.where(files.c.month == month)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    result = []
+    for row in rows:
+        oldest = row.oldest_pending
+        if isinstance(oldest, str):  # SQLite returns MIN() of a text column untyped
+            oldest = files.c.created_at.type.process_result_value(oldest, engine.dialect)
+        elif oldest is not None and oldest.tzinfo is None:
+            oldest = files.c.created_at.type.process_result_value(oldest, engine.dialect)
+        result.append(
+            MonthStatus(
+                row.month,
+                int(row.pending or 0),
+                int(row.processing or 0),
+                int(row.completed or 0),
+                int(row.failed or 0),
+                int(row.duplicates or 0),
+                int(row.loaded or 0),
+                int(row.quarantined or 0),
+                oldest,
+            )
+        )
+    return result
+
+
+def problem_files(
+    engine: Engine, month: str | None = None, now: datetime | None = None
+) -> tuple[list[FileProblemRow], list[FileProblemRow]]:
+    """(stuck, failed): PROCESSING files whose lease has expired, and FAILED files with their errors."""
+    now = now or utcnow()
+    columns = (
+        files.c.file_id,
+        files.c.file_path,
+        files.c.status,
+        files.c.attempts,
+        files.c.error_details,
+        files.c.locked_by,
+        files.c.locked_until,
+        files.c.processed_at,
+    )
+    stuck_query = select(*columns).where(files.c.status == PROCESSING, files.c.locked_until < now)
+    failed_query = select(*columns).where(files.c.status == FAILED)
+    if month is not None:
+        stuck_query = stuck_query.where(files.c.month == month)
+        failed_query = failed_query.where(files.c.month == month)
+    with engine.connect() as conn:
+        stuck = [FileProblemRow(**row._mapping) for row in conn.execute(stuck_query.order_by(files.c.file_id))]
+        failed = [FileProblemRow(**row._mapping) for row in conn.execute(failed_query.order_by(files.c.file_id))]
+    return stuck, failed
+
+
+@dataclass(frozen=True)
+class RowCountMismatch:
+    file_id: int
+    file_path: str
+    success_count: int
+    link_rows: int
+
+
+def row_count_mismatches(engine: Engine, month: str | None = None) -> tuple[int, int, list[RowCountMismatch]]:
+    """(sum of success_count, link rows, mismatching files) over the COMPLETED files in scope."""
+    links = (
+        select(file_properties.c.file_id, func.count().label("link_rows"))
+        .group_by(file_properties.c.file_id)
+        .subquery()
+    )
+    query = (
+        select(
+            files.c.file_id,
+            files.c.file_path,
+            files.c.success_count,
+            func.coalesce(links.c.link_rows, 0).label("link_rows"),
+        )
+        .select_from(files.outerjoin(links, links.c.file_id == files.c.file_id))
+        .where(files.c.status == COMPLETED)
+    )
+    if month is not None:
+        query = query.where(files.c.month == month)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    expected = sum(int(row.success_count or 0) for row in rows)
+    actual = sum(int(row.link_rows) for row in rows)
+    mismatches = [
+        RowCountMismatch(row.file_id, row.file_path, int(row.success_count or 0), int(row.link_rows))
+        for row in rows
+        if int(row.success_count or 0) != int(row.link_rows)
+    ]
+    return expected, actual, mismatches
+
+
+def registered_files_for_verification(engine: Engine, month: str | None = None) -> list[tuple[int, str, str, int]]:
+    """(file_id, file_path, checksum, size) of registered files that should be on disk (not deleted by retention)."""
+    query = select(files.c.file_id, files.c.file_path, files.c.checksum_sha256, files.c.file_size_bytes).where(
+        files.c.deleted_at.is_(None)
+    )
+    if month is not None:
+        query = query.where(files.c.month == month)
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(query.order_by(files.c.file_id))]  # type: ignore[misc]
+
+
+def file_states(engine: Engine) -> dict[str, str]:
+    """{file_path: status} of every file still on disk, for rebuilding the marker folders."""
+    with engine.connect() as conn:
+        return {
+            row.file_path: row.status
+            for row in conn.execute(select(files.c.file_path, files.c.status).where(files.c.deleted_at.is_(None)))
+        }

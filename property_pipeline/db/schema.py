@@ -1,0 +1,176 @@
+"""Table definitions (SQLAlchemy Core). The Alembic migrations create them; nothing else does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+FILE_STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "FAILED")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes everywhere: `timestamptz` on PostgreSQL, naive UTC text on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the pipeline stores UTC-aware times only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Autoincrement needs INTEGER PRIMARY KEY on SQLite; BIGINT elsewhere.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+RawJson = JSON().with_variant(JSONB(), "postgresql")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+batch_file_status = Table(
+    "batch_file_status",
+    metadata,
+    Column("file_id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "file_path", String(512), nullable=False, unique=True, comment="YYYY-MM/<name>, relative to the payload folder"
+    ),
+    Column("campaign_id", String(64), nullable=False),
+    Column("batch_number", Integer, nullable=False),
+    Column("month", String(7), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("checksum_sha256", String(64), nullable=False),
+    Column("file_size_bytes", BigInteger, nullable=False),
+    Column("captured_at", UTCDateTime, nullable=False, comment="capture time, from the file name"),
+    Column("created_at", UTCDateTime, nullable=False, comment="registration time"),
+    Column("processed_at", UTCDateTime),
+    Column("error_details", Text),
+    Column("properties_count", Integer, comment="records in the file"),
+    Column("success_count", Integer),
+    Column("error_count", Integer),
+    Column("processing_time_ms", Integer),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("locked_by", String(128)),
+    Column("locked_until", UTCDateTime),
+    Column("duplicate_of_file_id", Id, ForeignKey("batch_file_status.file_id")),
+    Column("archived_at", UTCDateTime),
+    Column("deleted_at", UTCDateTime),
+    Column("archive_name", String(255)),
+    CheckConstraint("status IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED')", name="status"),
+    Index(None, "status", "month", "file_id"),
+    Index(None, "checksum_sha256"),
+    Index(None, "campaign_id", "batch_number"),
+)
+
+file_status_events = Table(
+    "file_status_events",
+    metadata,
+    Column("event_id", Id, primary_key=True, autoincrement=True),
+    Column("file_id", Id, ForeignKey("batch_file_status.file_id"), nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("from_status", String(16)),
+    Column("to_status", String(16), nullable=False),
+    Column("actor", String(128), comment="worker id or command that made the change"),
+    Column("detail", Text),
+)
+
+properties = Table(
+    "properties",
+    metadata,
+    Column("property_id", Text, primary_key=True, comment="the API's id; integer ids as decimal text"),
+    Column("apn", Text),
+    Column("address", Text, comment="address.address, one line"),
+    Column("street", Text),
+    Column("city", Text),
+    Column("state", String(2)),
+    Column("zip", String(5)),
+    Column("county", Text),
+    Column("latitude", Float),
+    Column("longitude", Float),
+    Column("bedrooms", Integer),
+    Column("bathrooms", Float),
+    Column("square_feet", BigInteger),
+    Column("lot_square_feet", BigInteger),
+    Column("year_built", Integer),
+    Column("property_type", Text),
+    Column("estimated_value", BigInteger),
+    Column("estimated_equity", BigInteger),
+    Column("last_sale_date", Date),
+    Column("last_sale_amount", BigInteger),
+    Column("owner1_first_name", Text),
+    Column("owner1_last_name", Text),
+    Column("owner_occupied", Boolean),
+    Column("absentee_owner", Boolean),
+    Column("mail_address", Text),
+    Column("mail_street", Text),
+    Column("mail_city", Text),
+    Column("mail_state", String(2)),
+    Column("mail_zip", String(5)),
+    Column("mail_county", Text),
+    Column("raw", RawJson, nullable=False, comment="the whole record as received"),
+    Column("source_file_id", Id, nullable=False, comment="file the current values came from"),
+    Column("campaign_id", String(64), nullable=False),
+    Column("captured_at", UTCDateTime, nullable=False, comment="capture time of that file: newest wins"),
+    Column("first_seen_at", UTCDateTime, nullable=False, comment="capture time of the first file that loaded it"),
+    Column("last_seen_at", UTCDateTime, nullable=False, comment="capture time of the newest file that loaded it"),
+)
+
+file_properties = Table(
+    "file_properties",
+    metadata,
+    Column("file_id", Id, ForeignKey("batch_file_status.file_id"), primary_key=True),
+    Column("property_id", Text, primary_key=True),
+)
+
+quarantined_records = Table(
+    "quarantined_records",
+    metadata,
+    Column("quarantine_id", Id, primary_key=True, autoincrement=True),
+    Column("file_id", Id, ForeignKey("batch_file_status.file_id"), nullable=False, index=True),
+    Column("record_index", Integer, nullable=False, comment="0-based position in the file's data list"),
+    Column("property_id", Text),
+    Column("reason", Text, nullable=False),
+    Column("raw", Text, nullable=False, comment="the record's JSON text"),
+    Column("quarantined_at", UTCDateTime, nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,1 @@
+"""Parse, validate and load one payload file in one transaction."""

@@ -1,0 +1,27 @@
+"""Payload files: names, atomic writes, checksums, markers. The only code that writes payload files."""
+
+from property_pipeline.store.layout import (
+    PayloadName,
+    PayloadPathError,
+    PayloadRoot,
+    format_timestamp,
+    month_of,
+    parse_payload_name,
+    validate_campaign_id,
+    validate_month,
+)
+from property_pipeline.store.writer import StoredPayload, sha256_file, write_payload
+
+__all__ = [
+    "PayloadName",
+    "PayloadPathError",
+    "PayloadRoot",
+    "StoredPayload",
+    "format_timestamp",
+    "month_of",
+    "parse_payload_name",
+    "sha256_file",
+    "validate_campaign_id",
+    "validate_month",
+    "write_payload",
+]

@@ -1,0 +1,127 @@
+"""Where payload files live and what they are called; every path is checked to stay inside the data root."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+PAYLOADS_DIR = "property_payloads"
+PENDING_DIR = "pending"
+PROCESSING_DIR = "processing"
+PROCESSED_DIR = "processed"
+ARCHIVE_DIR = "archive"
+
+CAMPAIGN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MONTH_RE = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
+PAYLOAD_NAME_RE = re.compile(
+    r"(?P<campaign>[A-Za-z0-9_-]{1,64})_batch(?P<batch>\d{1,9})_"
+    r"(?P<ts>\d{8}T\d{6}(?:\d{6})?Z)\.json"
+)
+
+
+class PayloadPathError(ValueError):
+    """A campaign id, month, file name or path is not allowed (bad characters, or it leaves the data root)."""
+
+
+def validate_campaign_id(campaign_id: str) -> str:
+    """Return the id if it is 1-64 letters, digits, '-' or '_'; raise PayloadPathError otherwise."""
+    if not isinstance(campaign_id, str) or not CAMPAIGN_ID_RE.fullmatch(campaign_id):
+        raise PayloadPathError(f"campaign id {campaign_id!r} is not allowed: use 1 to 64 letters, digits, '-' or '_'")
+    return campaign_id
+
+
+def validate_month(month: str) -> str:
+    """Return the month if it reads YYYY-MM; raise PayloadPathError otherwise."""
+    if not isinstance(month, str) or not MONTH_RE.fullmatch(month):
+        raise PayloadPathError(f"month {month!r} is not of the form YYYY-MM (for example 2026-11)")
+    return month
+
+
+def month_of(moment: datetime) -> str:
+    """The YYYY-MM month folder a UTC moment belongs to."""
+    return moment.astimezone(UTC).strftime("%Y-%m")
+
+
+def format_timestamp(moment: datetime, *, microseconds: bool = True) -> str:
+    """UTC timestamp for a payload name: YYYYMMDDTHHMMSSffffffZ (or without the microseconds)."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y%m%dT%H%M%S%fZ" if microseconds else "%Y%m%dT%H%M%SZ")
+
+
+@dataclass(frozen=True)
+class PayloadName:
+    """The parts of `{campaignId}_batch{n}_{timestamp}.json`."""
+
+    campaign_id: str
+    batch_number: int
+    captured_at: datetime
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.campaign_id}_batch{self.batch_number}_{format_timestamp(self.captured_at)}.json"
+
+
+def parse_payload_name(file_name: str) -> PayloadName:
+    """Parse a payload file name; raise PayloadPathError when it does not follow the convention."""
+    match = PAYLOAD_NAME_RE.fullmatch(file_name)
+    if not match:
+        raise PayloadPathError(
+            f"file name {file_name!r} does not follow {{campaignId}}_batch{{n}}_{{YYYYMMDDTHHMMSSZ}}.json"
+        )
+    raw_ts = match["ts"]
+    fmt = "%Y%m%dT%H%M%S%fZ" if len(raw_ts) == 22 else "%Y%m%dT%H%M%SZ"
+    try:
+        captured_at = datetime.strptime(raw_ts, fmt).replace(tzinfo=UTC)
+    except ValueError:
+        raise PayloadPathError(f"file name {file_name!r} has an impossible timestamp {raw_ts!r}") from None
+    return PayloadName(match["campaign"], int(match["batch"]), captured_at)
+
+
+class PayloadRoot:
+    """The data root (`PROPERTY_PIPELINE_LOGS_DIR`) and its sub-folders; refuses paths that leave it."""
+
+    def __init__(self, logs_dir: Path | str) -> None:
+        self.logs_dir = Path(logs_dir).absolute()
+        self.payloads = self.logs_dir / PAYLOADS_DIR
+        self.pending = self.logs_dir / PENDING_DIR
+        self.processing = self.logs_dir / PROCESSING_DIR
+        self.processed = self.logs_dir / PROCESSED_DIR
+        self.archive = self.logs_dir / ARCHIVE_DIR
+
+    def ensure_folders(self) -> None:
+        """Create the data root's folders (idempotent)."""
+        for folder in (self.payloads, self.pending, self.processing, self.processed, self.archive):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def month_dir(self, month: str) -> Path:
+        return self.payloads / validate_month(month)
+
+    def relative_path(self, month: str, file_name: str) -> str:
+        """The `file_path` stored in the database: `YYYY-MM/name.json`, relative to the payload folder."""
+        validate_month(month)
+        parse_payload_name(file_name)
+        return f"{month}/{file_name}"
+
+    def resolve(self, relative_path: str) -> Path:
+        """The absolute path of a registered file; refuses anything that is not `YYYY-MM/<payload name>`.
+
+        Symlinks are resolved and must stay inside the payload folder.
+        """
+        parts = relative_path.split("/")
+        if len(parts) != 2:
+            raise PayloadPathError(f"payload path {relative_path!r} is not of the form YYYY-MM/<name>.json")
+        month, name = parts
+        validate_month(month)
+        parse_payload_name(name)
+        path = self.payloads / month / name
+        self.check_inside(path)
+        return path
+
+    def check_inside(self, path: Path) -> None:
+        """Raise PayloadPathError when `path` (after resolving symlinks) lies outside the data root."""
+        real_root = self.logs_dir.resolve()
+        real = path.resolve()
+        if real != real_root and real_root not in real.parents:
+            raise PayloadPathError(f"{path} resolves to {real}, outside the data root {real_root}")

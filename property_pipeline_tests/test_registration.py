@@ -1,0 +1,67 @@
+"""Registration finds unregistered files, is idempotent, and never loads the same content twice."""
+
+from __future__ import annotations
+
+import shutil
+
+from sqlalchemy import Engine, select
+
+from property_pipeline.db.schema import batch_file_status
+from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.registration import register_unregistered
+from property_pipeline.store.layout import PayloadRoot
+from property_pipeline_tests.factories import make_page, make_record, write_pages
+
+
+def test_registering_twice_registers_nothing_new(engine: Engine, root: PayloadRoot) -> None:
+    stored = write_pages(root, files=3, per_file=4)
+    first = register_unregistered(engine, root, "test")
+    assert [r.file_path for r in first.registered] == [s.relative_path for s in stored]
+    second = register_unregistered(engine, root, "test")
+    assert second.registered == [] and second.already_registered == 0  # known files are not even re-hashed
+    with engine.connect() as conn:
+        rows = conn.execute(select(batch_file_status).order_by(batch_file_status.c.file_id)).all()
+    assert [(r.status, r.properties_count, r.checksum_sha256) for r in rows] == [
+        ("PENDING", 4, s.sha256) for s in stored
+    ]
+    assert rows[0].campaign_id == "camp-1" and rows[0].batch_number == 1 and rows[0].month == "2026-11"
+    assert len(list(root.pending.glob("2026-11/*"))) == 3
+
+
+def test_file_with_the_content_of_a_registered_file_is_a_recorded_duplicate(engine: Engine, root: PayloadRoot) -> None:
+    original = write_pages(root, files=1, per_file=4)[0]
+    register_unregistered(engine, root, "test")
+    copy = original.path.parent / "other-system_batch1_20261105T000000Z.json"
+    shutil.copyfile(original.path, copy)
+    report = register_unregistered(engine, root, "test")
+    assert report.registered == []
+    assert [(d.file_path, d.duplicate_of) for d in report.duplicates] == [("2026-11/" + copy.name, 1)]
+    processed = PayloadProcessor(engine, root).run()
+    assert processed.completed == 1 and processed.records_loaded == 4  # only the original loads
+
+
+def test_files_that_do_not_follow_the_convention_are_skipped_with_a_reason(
+    engine: Engine, root: PayloadRoot, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    month = root.payloads / "2026-11"
+    month.mkdir(parents=True)
+    (month / "notes.json").write_text("{}")
+    (month / ".camp_batch1_20261101T000000Z.json.123.tmp").write_text("partial")
+    outside = tmp_path / "secret.json"
+    outside.write_bytes(make_page([make_record("s")]))
+    (month / "camp_batch9_20261101T000000Z.json").symlink_to(outside)
+    report = register_unregistered(engine, root, "test")
+    reasons = dict(report.skipped)
+    assert report.registered == []
+    assert "does not follow" in reasons[str(month / "notes.json")]
+    assert "symlink" in reasons[str(month / "camp_batch9_20261101T000000Z.json")]
+    assert len(reasons) == 2  # the hidden temporary file of an unfinished write is not a payload
+
+
+def test_register_can_be_limited_to_one_month(engine: Engine, root: PayloadRoot) -> None:
+    write_pages(root, files=1, per_file=2)
+    other = root.payloads / "2026-10"
+    other.mkdir(parents=True)
+    (other / "c_batch1_20261001T000000Z.json").write_bytes(make_page([make_record("o")]))
+    report = register_unregistered(engine, root, "test", month="2026-10")
+    assert [r.file_path for r in report.registered] == ["2026-10/c_batch1_20261001T000000Z.json"]
