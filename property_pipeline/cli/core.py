@@ -1,130 +1,33 @@
-"""The `property-pipeline` command: a thin front door onto the core modules.
-
-Exit status: 0 when everything asked for succeeded, 1 when some file failed or did not
-verify, 2 for usage and configuration errors.
-"""
+"""Core commands: schema, registration, processing, status, verification, retry, markers."""
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
-from collections.abc import Callable
 from datetime import datetime
-from functools import wraps
-from typing import Any, TypeVar
 
 import click
-from sqlalchemy import make_url
-from sqlalchemy.exc import OperationalError
 
+from property_pipeline.cli.app import (
+    EXIT_FAILED,
+    EXIT_OK,
+    PipelineUsageError,
+    age,
+    json_option,
+    main,
+    month_option,
+    pipeline_command,
+    print_json,
+    table,
+)
 from property_pipeline.db import status as file_status
-from property_pipeline.db.engine import SchemaOutOfDate, create_db_engine, upgrade
+from property_pipeline.db.engine import create_db_engine, upgrade
 from property_pipeline.db.queries import file_states, month_statuses, problem_files
-from property_pipeline.db.schema import utcnow
 from property_pipeline.integrity import verify_files
 from property_pipeline.processing.engine import FileOutcome, PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.runtime import Pipeline
-from property_pipeline.settings import Settings, SettingsError
+from property_pipeline.settings import Settings
 from property_pipeline.store import markers
-from property_pipeline.store.layout import PayloadPathError, validate_month
-
-F = TypeVar("F", bound=Callable[..., Any])
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class PipelineUsageError(click.ClickException):
-    exit_code = EXIT_USAGE
-
-
-def _month_option(function: F) -> F:
-    return click.option("--month", help="Only this month (YYYY-MM).", callback=_check_month)(function)
-
-
-def _check_month(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return validate_month(value)
-    except PayloadPathError as error:
-        raise click.BadParameter(str(error)) from None
-
-
-def _json_option(function: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(function)
-
-
-def pipeline_command(function: F) -> F:
-    """Give the command a Pipeline and turn configuration and connection problems into clear exits."""
-
-    @wraps(function)
-    @click.pass_obj
-    def wrapper(settings: Settings, *args: Any, **kwargs: Any) -> Any:
-        pipeline = Pipeline(settings)
-        try:
-            return function(pipeline, *args, **kwargs)
-        except SchemaOutOfDate as error:
-            raise PipelineUsageError(str(error)) from None
-        except OperationalError as error:
-            where = make_url(settings.db_url).render_as_string(hide_password=True)
-            raise click.ClickException(
-                f"cannot use the database at {where}: {error.orig}. "
-                "Check PROPERTY_PIPELINE_DB_URL and that the server is running."
-            ) from None
-        finally:
-            pipeline.close()
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _print_json(payload: Any) -> None:
-    click.echo(json.dumps(payload, indent=2, default=_json_default, ensure_ascii=False))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [headers] + [["" if cell is None else str(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def _age(moment: datetime | None) -> str:
-    if moment is None:
-        return "-"
-    seconds = int((utcnow() - moment).total_seconds())
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Log debug detail to stderr.")
-@click.version_option(package_name="property_pipeline")
-@click.pass_context
-def main(ctx: click.Context, verbose: bool) -> None:
-    """Capture property-search API pages as immutable files, then load them into the database exactly once."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    try:
-        ctx.obj = Settings.from_env()
-    except SettingsError as error:
-        raise PipelineUsageError(str(error)) from None
 
 
 @main.group()
@@ -148,14 +51,14 @@ def db_upgrade(settings: Settings) -> None:
 
 
 @main.command()
-@_month_option
-@_json_option
+@month_option
+@json_option
 @pipeline_command
 def register(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     """Register payload files that are on disk but not yet in the database, as PENDING."""
     report = register_unregistered(pipeline.engine, pipeline.root, "cli:register", month)
     if as_json:
-        _print_json(
+        print_json(
             {
                 "registered": [r.file_path for r in report.registered],
                 "duplicates": [{"file_path": r.file_path, "duplicate_of": r.duplicate_of} for r in report.duplicates],
@@ -215,10 +118,10 @@ class _Progress:
 
 
 @main.command()
-@_month_option
+@month_option
 @click.option("--include-failed", is_flag=True, help="Put FAILED files back to PENDING first, then process them too.")
 @click.option("--limit", type=click.IntRange(min=1), help="Process at most N files.")
-@_json_option
+@json_option
 @pipeline_command
 def process(pipeline: Pipeline, month: str | None, include_failed: bool, limit: int | None, as_json: bool) -> None:
     """Load PENDING files into the database, each exactly once, each in one transaction."""
@@ -229,7 +132,7 @@ def process(pipeline: Pipeline, month: str | None, include_failed: bool, limit: 
     report = processor.run(month=month, include_failed=include_failed, limit=limit, on_file=progress)
     progress.finish()
     if as_json:
-        _print_json(
+        print_json(
             {
                 "worker": report.worker,
                 "files_completed": report.completed,
@@ -256,15 +159,15 @@ def process(pipeline: Pipeline, month: str | None, include_failed: bool, limit: 
 
 
 @main.command()
-@_month_option
-@_json_option
+@month_option
+@json_option
 @pipeline_command
 def status(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     """Files by status and month; stuck and failed files with their errors."""
     months = month_statuses(pipeline.engine, month)
     stuck, failed = problem_files(pipeline.engine, month)
     if as_json:
-        _print_json(
+        print_json(
             {
                 "months": [{**vars(m), "total": m.total} for m in months],
                 "stuck": [vars(f) for f in stuck],
@@ -276,7 +179,7 @@ def status(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
         click.echo("no payload files registered yet (capture some, or run `property-pipeline register`)")
         return
     click.echo(
-        _table(
+        table(
             [
                 "month",
                 "pending",
@@ -298,7 +201,7 @@ def status(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
                     m.duplicates,
                     m.records_loaded,
                     m.records_quarantined,
-                    _age(m.oldest_pending_at),
+                    age(m.oldest_pending_at),
                 ]
                 for m in months
             ],
@@ -307,7 +210,7 @@ def status(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     if stuck:
         click.echo(f"\nstuck in PROCESSING past their lease ({len(stuck)}): the next `process` run requeues them")
         click.echo(
-            _table(
+            table(
                 ["file", "path", "worker", "lease ended"],
                 [[f.file_id, f.file_path, f.locked_by, f.locked_until] for f in stuck],
             )
@@ -315,7 +218,7 @@ def status(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     if failed:
         click.echo(f"\nFAILED ({len(failed)}): fix the cause, then `property-pipeline retry`")
         click.echo(
-            _table(
+            table(
                 ["file", "path", "attempts", "error"],
                 [[f.file_id, f.file_path, f.attempts, (f.error_details or "")[:160]] for f in failed],
             )
@@ -323,14 +226,14 @@ def status(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@_month_option
-@_json_option
+@month_option
+@json_option
 @pipeline_command
 def verify(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     """Check that every registered file still exists and matches its SHA-256."""
     report = verify_files(pipeline.engine, pipeline.root, month)
     if as_json:
-        _print_json({"checked": report.checked, "ok": report.ok, "problems": [vars(p) for p in report.problems]})
+        print_json({"checked": report.checked, "ok": report.ok, "problems": [vars(p) for p in report.problems]})
     else:
         for problem in report.problems:
             click.echo(f"PROBLEM file {problem.file_id} {problem.file_path}: {problem.problem}", err=True)
@@ -340,7 +243,7 @@ def verify(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.option("--file-id", "file_ids", type=int, multiple=True, help="A FAILED file to retry (repeatable).")
-@_month_option
+@month_option
 @click.option("--all-failed", is_flag=True, help="Every FAILED file.")
 @pipeline_command
 def retry(pipeline: Pipeline, file_ids: tuple[int, ...], month: str | None, all_failed: bool) -> None:

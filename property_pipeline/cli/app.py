@@ -1,0 +1,121 @@
+"""The `property-pipeline` command group and what its subcommands share.
+
+Exit status: 0 when everything asked for succeeded, 1 when some file failed or did not
+verify, 2 for usage and configuration errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy import make_url
+from sqlalchemy.exc import OperationalError
+
+from property_pipeline.db.engine import SchemaOutOfDate
+from property_pipeline.db.schema import utcnow
+from property_pipeline.runtime import Pipeline
+from property_pipeline.settings import Settings, SettingsError
+from property_pipeline.store.layout import PayloadPathError, validate_month
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class PipelineUsageError(click.ClickException):
+    exit_code = EXIT_USAGE
+
+
+def month_option(function: F) -> F:
+    return click.option("--month", help="Only this month (YYYY-MM).", callback=_check_month)(function)
+
+
+def _check_month(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return validate_month(value)
+    except PayloadPathError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def json_option(function: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(function)
+
+
+def pipeline_command(function: F) -> F:
+    """Give the command a Pipeline and turn configuration and connection problems into clear exits."""
+
+    @wraps(function)
+    @click.pass_obj
+    def wrapper(settings: Settings, *args: Any, **kwargs: Any) -> Any:
+        pipeline = Pipeline(settings)
+        try:
+            return function(pipeline, *args, **kwargs)
+        except SchemaOutOfDate as error:
+            raise PipelineUsageError(str(error)) from None
+        except OperationalError as error:
+            where = make_url(settings.db_url).render_as_string(hide_password=True)
+            raise click.ClickException(
+                f"cannot use the database at {where}: {error.orig}. "
+                "Check PROPERTY_PIPELINE_DB_URL and that the server is running."
+            ) from None
+        finally:
+            pipeline.close()
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, default=_json_default, ensure_ascii=False))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers] + [["" if cell is None else str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def age(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    seconds = int((utcnow() - moment).total_seconds())
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail to stderr.")
+@click.version_option(package_name="property_pipeline")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Capture property-search API pages as immutable files, then load them into the database exactly once."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    try:
+        ctx.obj = Settings.from_env()
+    except SettingsError as error:
+        raise PipelineUsageError(str(error)) from None
