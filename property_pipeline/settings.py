@@ -12,6 +12,7 @@ DEFAULT_LEASE_SECONDS = 300
 DEFAULT_API_BASE_URL = "http://127.0.0.1:8765"
 DEFAULT_PAGE_SIZE = 400
 DEFAULT_RETENTION_MONTHS = 2
+DEFAULT_CAMPAIGNS_FILE = "campaigns.yaml"
 
 
 class SettingsError(ValueError):
@@ -53,7 +54,7 @@ class Settings:
     api_base_url: str = DEFAULT_API_BASE_URL
     api_key: str | None = field(default=None, repr=False)
     page_size: int = DEFAULT_PAGE_SIZE
-    campaigns_file: Path | None = None
+    campaigns_file: Path = Path(DEFAULT_CAMPAIGNS_FILE)
     retention_months: int = DEFAULT_RETENTION_MONTHS
     archive_enabled: bool = True
     alert_webhook_url: str | None = None
@@ -72,7 +73,7 @@ class Settings:
             api_base_url=(os.environ.get("PROPERTY_API_BASE_URL") or DEFAULT_API_BASE_URL).rstrip("/"),
             api_key=os.environ.get("PROPERTY_API_KEY") or None,
             page_size=_int_env("PROPERTY_API_PAGE_SIZE", DEFAULT_PAGE_SIZE),
-            campaigns_file=Path(campaigns).absolute() if campaigns else None,
+            campaigns_file=Path(campaigns or DEFAULT_CAMPAIGNS_FILE).absolute(),
             retention_months=_int_env("PROPERTY_PIPELINE_RETENTION_MONTHS", DEFAULT_RETENTION_MONTHS),
             archive_enabled=_bool_env("PROPERTY_PIPELINE_ARCHIVE", True),
             alert_webhook_url=os.environ.get("PROPERTY_PIPELINE_ALERT_WEBHOOK_URL") or None,

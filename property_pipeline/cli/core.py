@@ -164,9 +164,9 @@ def process(pipeline: Pipeline, month: str | None, include_failed: bool, limit: 
 @pipeline_command
 def status(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     """Files by status and month; stuck and failed files with their errors."""
-    months = month_statuses(pipeline.engine, month)
-    stuck, failed = problem_files(pipeline.engine, month)
     if as_json:
+        months = month_statuses(pipeline.engine, month)
+        stuck, failed = problem_files(pipeline.engine, month)
         print_json(
             {
                 "months": [{**vars(m), "total": m.total} for m in months],
@@ -175,6 +175,13 @@ def status(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
             }
         )
         return
+    print_status(pipeline, month)
+
+
+def print_status(pipeline: Pipeline, month: str | None = None) -> None:
+    """The status picture as readable tables (also shown at the end of the demo)."""
+    months = month_statuses(pipeline.engine, month)
+    stuck, failed = problem_files(pipeline.engine, month)
     if not months:
         click.echo("no payload files registered yet (capture some, or run `property-pipeline register`)")
         return

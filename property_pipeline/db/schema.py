@@ -172,5 +172,27 @@ quarantined_records = Table(
 )
 
 
+capture_runs = Table(
+    "capture_runs",
+    metadata,
+    Column("run_id", Id, primary_key=True, autoincrement=True),
+    Column("campaign_id", String(64), nullable=False),
+    Column("criteria", Text, nullable=False, comment="the search criteria as canonical JSON"),
+    Column("state", String(16), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("next_result_index", Integer, nullable=False, server_default="0"),
+    Column("result_count", Integer),
+    Column("pages", Integer, nullable=False, server_default="0"),
+    Column("records", Integer, nullable=False, server_default="0"),
+    Column("bytes", BigInteger, nullable=False, server_default="0"),
+    Column("retries", Integer, nullable=False, server_default="0"),
+    Column("error", Text),
+    CheckConstraint("state IN ('RUNNING', 'COMPLETED', 'INTERRUPTED')", name="state"),
+    Index(None, "campaign_id", "state"),
+)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -1,0 +1,308 @@
+"""The capture phase: fetch a campaign's pages and store each one, byte for byte, as a PENDING payload file.
+
+No property row is written here. Each page is written atomically through the payload store and
+registered in the same step; the capture run's position advances in the same transaction as the
+registration, so an interrupted capture can resume from the next page.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from sqlalchemy import Engine, func, insert, select, update
+
+from property_pipeline.api.client import PropertyApiError, PropertySearchClient
+from property_pipeline.db.schema import batch_file_status, capture_runs, utcnow
+from property_pipeline.db.status import NewPayloadFile, register_files
+from property_pipeline.registration import register_unregistered
+from property_pipeline.store import markers
+from property_pipeline.store.layout import PayloadRoot, month_of, validate_campaign_id
+from property_pipeline.store.writer import StoredPayload, write_payload
+
+log = logging.getLogger(__name__)
+RUNNING, COMPLETED, INTERRUPTED = "RUNNING", "COMPLETED", "INTERRUPTED"
+
+
+class CaptureError(RuntimeError):
+    """A capture stopped before its last page; what was stored so far is registered and kept."""
+
+    def __init__(self, message: str, report: CaptureReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class CampaignConfigError(ValueError):
+    """The campaigns file is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A campaign: its id, the search criteria sent with every page, and whether the schedule captures it."""
+
+    campaign_id: str
+    criteria: Mapping[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+    max_pages: int | None = None
+
+
+@dataclass
+class CaptureReport:
+    campaign_id: str
+    run_id: int
+    resumed_from_index: int = 0
+    pages: int = 0
+    records: int = 0
+    bytes: int = 0
+    retries: int = 0
+    result_count: int | None = None
+    files: list[StoredPayload] = field(default_factory=list)
+    duplicates: int = 0
+    complete: bool = False
+
+
+def load_campaigns(path: Path) -> list[Campaign]:
+    """Read `campaigns.yaml`: a list under `campaigns:` of `{id, criteria, enabled, max_pages}`."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise CampaignConfigError(
+            f"campaigns file {path} not found; create it or set PROPERTY_PIPELINE_CAMPAIGNS_FILE"
+        ) from None
+    except yaml.YAMLError as error:
+        raise CampaignConfigError(f"campaigns file {path} is not valid YAML: {error}") from None
+    entries = (document or {}).get("campaigns") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise CampaignConfigError(f"campaigns file {path} needs a top-level `campaigns:` list")
+    campaigns: list[Campaign] = []
+    for position, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise CampaignConfigError(f"campaigns file {path}: entry {position} needs an `id`")
+        criteria = entry.get("criteria") or {}
+        max_pages = entry.get("max_pages")
+        if not isinstance(criteria, dict):
+            raise CampaignConfigError(f"campaigns file {path}: criteria of {entry['id']!r} must be a mapping")
+        if max_pages is not None and (not isinstance(max_pages, int) or max_pages < 1):
+            raise CampaignConfigError(f"campaigns file {path}: max_pages of {entry['id']!r} must be a positive integer")
+        campaigns.append(
+            Campaign(validate_campaign_id(str(entry["id"])), criteria, bool(entry.get("enabled", True)), max_pages)
+        )
+    ids = [campaign.campaign_id for campaign in campaigns]
+    if len(ids) != len(set(ids)):
+        raise CampaignConfigError(f"campaigns file {path} lists a campaign id twice")
+    return campaigns
+
+
+def canonical_criteria(criteria: Mapping[str, Any]) -> str:
+    return orjson.dumps(dict(criteria), option=orjson.OPT_SORT_KEYS).decode()
+
+
+@contextmanager
+def campaign_lock(root: PayloadRoot, campaign_id: str) -> Iterator[None]:
+    """One capture per campaign at a time on this data root, so batch numbers never collide."""
+    folder = root.logs_dir / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"capture-{validate_campaign_id(campaign_id)}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CaptureError(
+                f"another capture of campaign {campaign_id} is running on {root.logs_dir}; wait for it to finish",
+                CaptureReport(campaign_id, run_id=0),
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def next_batch_number(engine: Engine, campaign_id: str) -> int:
+    with engine.connect() as conn:
+        highest = conn.execute(
+            select(func.max(batch_file_status.c.batch_number)).where(batch_file_status.c.campaign_id == campaign_id)
+        ).scalar()
+    return int(highest or 0) + 1
+
+
+def resumable_run(engine: Engine, campaign_id: str, criteria: Mapping[str, Any]) -> Any:
+    """The newest unfinished run of this campaign with the same criteria, or None."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(capture_runs)
+            .where(
+                capture_runs.c.campaign_id == campaign_id,
+                capture_runs.c.criteria == canonical_criteria(criteria),
+                capture_runs.c.state != COMPLETED,
+            )
+            .order_by(capture_runs.c.run_id.desc())
+            .limit(1)
+        ).first()
+
+
+def _start_run(engine: Engine, campaign: Campaign, resume: bool) -> tuple[int, int]:
+    previous = resumable_run(engine, campaign.campaign_id, campaign.criteria) if resume else None
+    now = utcnow()
+    with engine.begin() as conn:
+        if previous is not None:
+            conn.execute(
+                update(capture_runs)
+                .where(capture_runs.c.run_id == previous.run_id)
+                .values(state=RUNNING, updated_at=now, error=None)
+            )
+            return previous.run_id, previous.next_result_index
+        run_id = conn.execute(
+            insert(capture_runs)
+            .values(
+                campaign_id=campaign.campaign_id,
+                criteria=canonical_criteria(campaign.criteria),
+                state=RUNNING,
+                started_at=now,
+                updated_at=now,
+            )
+            .returning(capture_runs.c.run_id)
+        ).scalar_one()
+        return run_id, 0
+
+
+def _finish_run(engine: Engine, run_id: int, state: str, error: str | None) -> None:
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(
+            update(capture_runs)
+            .where(capture_runs.c.run_id == run_id)
+            .values(state=state, updated_at=now, finished_at=now if state == COMPLETED else None, error=error)
+        )
+
+
+def capture_campaign(
+    engine: Engine,
+    root: PayloadRoot,
+    client: PropertySearchClient,
+    campaign: Campaign,
+    *,
+    max_pages: int | None = None,
+    resume: bool = False,
+    clock: Callable[[], datetime] = utcnow,
+    on_page: Callable[[StoredPayload], None] | None = None,
+) -> CaptureReport:
+    """Capture one campaign; every page stored and registered PENDING. Raises CaptureError when it stops early.
+
+    With `resume=True` an unfinished earlier run of the same campaign and criteria continues from
+    the page after the last one it registered.
+    """
+    validate_campaign_id(campaign.campaign_id)
+    with campaign_lock(root, campaign.campaign_id):
+        # A crash between a page's rename and its registration leaves a complete, unregistered
+        # file: register it first so batch numbers continue after it.
+        register_unregistered(engine, root, f"capture:{campaign.campaign_id}", month_of(clock()))
+        run_id, start_index = _start_run(engine, campaign, resume)
+        report = CaptureReport(campaign.campaign_id, run_id, resumed_from_index=start_index)
+        batch_number = next_batch_number(engine, campaign.campaign_id)
+        retries_before = client.total_retries
+        limit = max_pages if max_pages is not None else campaign.max_pages
+        try:
+            for page in client.iter_pages(campaign.criteria, start_index=start_index, max_pages=limit):
+                stored = write_payload(root, campaign.campaign_id, batch_number, page.body, clock())
+                registration = _register_page(
+                    engine,
+                    run_id,
+                    stored,
+                    page.record_count,
+                    page.result_count,
+                    page.result_index + page.record_count,
+                    page.attempts - 1,
+                )
+                if registration.duplicate_of is None:
+                    markers.mark_pending(root, stored.relative_path)
+                else:
+                    report.duplicates += 1
+                    markers.mark_processed(
+                        root,
+                        stored.relative_path,
+                        {"file_id": registration.file_id, "duplicate_of": registration.duplicate_of},
+                    )
+                batch_number += 1
+                report.pages += 1
+                report.records += page.record_count
+                report.bytes += stored.size_bytes
+                report.result_count = page.result_count
+                report.files.append(stored)
+                if on_page is not None:
+                    on_page(stored)
+        except (PropertyApiError, OSError) as error:
+            report.retries = client.total_retries - retries_before
+            message = (
+                f"capture of campaign {campaign.campaign_id} stopped after {report.pages} new pages: {error}. "
+                f"The {report.pages} pages stored are registered; rerun with --resume to continue "
+                f"from result index {start_index + report.records}."
+            )
+            _finish_run(engine, run_id, INTERRUPTED, str(error)[:4000])
+            raise CaptureError(message, report) from error
+        except BaseException:
+            _finish_run(engine, run_id, INTERRUPTED, "interrupted")
+            raise
+        report.retries = client.total_retries - retries_before
+        finished = limit is None or report.pages < limit or _is_last(report)
+        report.complete = finished
+        _finish_run(
+            engine,
+            run_id,
+            COMPLETED if finished else INTERRUPTED,
+            None if finished else f"stopped after --max-pages {limit}",
+        )
+        return report
+
+
+def _is_last(report: CaptureReport) -> bool:
+    return report.result_count is not None and report.resumed_from_index + report.records >= report.result_count
+
+
+def _register_page(
+    engine: Engine,
+    run_id: int,
+    stored: StoredPayload,
+    record_count: int,
+    result_count: int,
+    next_index: int,
+    retries: int,
+):  # type: ignore[no-untyped-def]
+    """Register the page and advance the run in one transaction."""
+    with engine.begin() as conn:
+        (registration,) = register_files(
+            conn,
+            [
+                NewPayloadFile(
+                    file_path=stored.relative_path,
+                    campaign_id=stored.name.campaign_id,
+                    batch_number=stored.name.batch_number,
+                    month=stored.month,
+                    checksum_sha256=stored.sha256,
+                    file_size_bytes=stored.size_bytes,
+                    captured_at=stored.name.captured_at,
+                    properties_count=record_count,
+                )
+            ],
+            actor=f"capture-run:{run_id}",
+        )
+        conn.execute(
+            update(capture_runs)
+            .where(capture_runs.c.run_id == run_id)
+            .values(
+                next_result_index=next_index,
+                result_count=result_count,
+                pages=capture_runs.c.pages + 1,
+                records=capture_runs.c.records + record_count,
+                bytes=capture_runs.c.bytes + stored.size_bytes,
+                retries=capture_runs.c.retries + retries,
+                updated_at=datetime.now(UTC),
+            )
+        )
+    return registration
