@@ -26,7 +26,7 @@ from property_pipeline.db.status import NewPayloadFile, register_files
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store import markers
 from property_pipeline.store.layout import PayloadRoot, month_of, validate_campaign_id
-from property_pipeline.store.writer import StoredPayload, write_payload
+from property_pipeline.store.writer import StoredPayload, remove_stale_temporaries, write_payload
 
 log = logging.getLogger(__name__)
 RUNNING, COMPLETED, INTERRUPTED = "RUNNING", "COMPLETED", "INTERRUPTED"
@@ -202,7 +202,10 @@ def capture_campaign(
     with campaign_lock(root, campaign.campaign_id):
         # A crash between a page's rename and its registration leaves a complete, unregistered
         # file: register it first so batch numbers continue after it.
-        register_unregistered(engine, root, f"capture:{campaign.campaign_id}", month_of(clock()))
+        month = month_of(clock())
+        for stale in remove_stale_temporaries(root, month, campaign.campaign_id):
+            log.warning("removed %s, a partial page left by an interrupted capture", stale.name)
+        register_unregistered(engine, root, f"capture:{campaign.campaign_id}", month)
         run_id, start_index = _start_run(engine, campaign, resume)
         report = CaptureReport(campaign.campaign_id, run_id, resumed_from_index=start_index)
         batch_number = next_batch_number(engine, campaign.campaign_id)

@@ -82,6 +82,20 @@ def write_payload(
     )
 
 
+def remove_stale_temporaries(root: PayloadRoot, month: str, campaign_id: str) -> list[Path]:
+    """Delete half-written temporaries a crashed capture of this campaign left in a month folder.
+
+    Only safe while holding the campaign's capture lock: then no live writer owns them.
+    """
+    folder = root.month_dir(month)
+    if not folder.is_dir():
+        return []
+    stale = [path for path in folder.glob(f".{validate_campaign_id(campaign_id)}_batch*.tmp") if path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def sha256_file(path: Path) -> tuple[str, int]:
     """SHA-256 hex digest and size of a file, read in chunks."""
     digest = hashlib.sha256()
