@@ -15,7 +15,14 @@ from property_pipeline.store.layout import PayloadRoot
 
 PG_ADMIN_URL = os.environ.get("PROPERTY_PIPELINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-TABLES = ("capture_runs", "file_status_events", "file_properties", "quarantined_records", "properties", "batch_file_status")
+TABLES = (
+    "capture_runs",
+    "file_status_events",
+    "file_properties",
+    "quarantined_records",
+    "properties",
+    "batch_file_status",
+)
 
 
 def _postgres_unreachable_reason() -> str | None:
