@@ -197,6 +197,8 @@ def print_status(pipeline: Pipeline, month: str | None = None) -> None:
                 "loaded",
                 "quarantined",
                 "oldest pending",
+                "archived",
+                "deleted",
             ],
             [
                 [
@@ -209,6 +211,8 @@ def print_status(pipeline: Pipeline, month: str | None = None) -> None:
                     m.records_loaded,
                     m.records_quarantined,
                     age(m.oldest_pending_at),
+                    m.archived,
+                    m.deleted,
                 ]
                 for m in months
             ],

@@ -23,6 +23,8 @@ class MonthStatus:
     records_loaded: int
     records_quarantined: int
     oldest_pending_at: datetime | None
+    archived: int = 0  # in a retention archive (`archived_at` set)
+    deleted: int = 0  # removed from disk by retention on purpose (`deleted_at` set)
 
     @property
     def total(self) -> int:
@@ -62,6 +64,8 @@ def month_statuses(engine: Engine, month: str | None = None) -> list[MonthStatus
                 "quarantined"
             ),
             func.min(case((files.c.status == PENDING, files.c.created_at))).label("oldest_pending"),
+            func.count(files.c.archived_at).label("archived"),
+            func.count(files.c.deleted_at).label("deleted"),
         )
         .group_by(files.c.month)
         .order_by(files.c.month)
@@ -88,6 +92,8 @@ def month_statuses(engine: Engine, month: str | None = None) -> list[MonthStatus
                 int(row.loaded or 0),
                 int(row.quarantined or 0),
                 oldest,
+                archived=int(row.archived or 0),
+                deleted=int(row.deleted or 0),
             )
         )
     return result
@@ -176,3 +182,41 @@ def file_states(engine: Engine) -> dict[str, str]:
             row.file_path: row.status
             for row in conn.execute(select(files.c.file_path, files.c.status).where(files.c.deleted_at.is_(None)))
         }
+
+
+@dataclass(frozen=True)
+class CampaignTotals:
+    """One campaign's payload files in one month that are still on disk, with their records, bytes and states."""
+
+    campaign_id: str
+    files: int
+    records: int
+    bytes: int
+    pending: int
+    processing: int
+    completed: int
+    failed: int
+
+
+def campaign_totals(engine: Engine, month: str) -> list[CampaignTotals]:
+    """Files, records, bytes and files by status per campaign, over the month's files not deleted by retention."""
+    query = (
+        select(
+            files.c.campaign_id,
+            func.count().label("files"),
+            func.coalesce(func.sum(files.c.properties_count), 0).label("records"),
+            func.coalesce(func.sum(files.c.file_size_bytes), 0).label("bytes"),
+            _count(PENDING).label("pending"),
+            _count(PROCESSING).label("processing"),
+            _count(COMPLETED).label("completed"),
+            _count(FAILED).label("failed"),
+        )
+        .where(files.c.month == month, files.c.deleted_at.is_(None))
+        .group_by(files.c.campaign_id)
+        .order_by(files.c.campaign_id)
+    )
+    with engine.connect() as conn:
+        return [
+            CampaignTotals(row.campaign_id, *(int(value or 0) for value in row[1:]))
+            for row in conn.execute(query).all()
+        ]

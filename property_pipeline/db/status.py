@@ -378,3 +378,38 @@ def retry_failed(
         retried = sorted(row.file_id for row in rows)
         _record_events(conn, retried, FAILED, PENDING, actor, "retry requested")
         return retried
+
+
+# Retention never changes `status`: it only records where a COMPLETED file's bytes are.
+
+
+def record_archived(conn: Connection, file_ids: Sequence[int], archive_name: str) -> int:
+    """In the caller's transaction: these COMPLETED files are inside the verified archive `archive_name`."""
+    result = conn.execute(
+        update(files)
+        .where(files.c.file_id.in_(list(file_ids)), files.c.status == COMPLETED)
+        .values(archived_at=utcnow(), archive_name=archive_name)
+    )
+    return result.rowcount
+
+
+def record_deleted(engine: Engine, file_id: int) -> bool:
+    """Retention removed a COMPLETED file from disk; the first deletion time is kept (False if already set)."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(files)
+            .where(files.c.file_id == file_id, files.c.status == COMPLETED, files.c.deleted_at.is_(None))
+            .values(deleted_at=utcnow())
+        )
+        return result.rowcount == 1
+
+
+def record_restored(engine: Engine, file_ids: Sequence[int]) -> int:
+    """`restore` put the files back on disk: clear `deleted_at`, keep `archived_at`/`archive_name` as history."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(files)
+            .where(files.c.file_id.in_(list(file_ids)), files.c.deleted_at.is_not(None))
+            .values(deleted_at=None)
+        )
+        return result.rowcount
