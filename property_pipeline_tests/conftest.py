@@ -16,6 +16,7 @@ from property_pipeline.store.layout import PayloadRoot
 PG_ADMIN_URL = os.environ.get("PROPERTY_PIPELINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TABLES = (
+    "alerts",
     "capture_runs",
     "file_status_events",
     "file_properties",

@@ -23,6 +23,7 @@ from property_pipeline.db import status as file_status
 from property_pipeline.db.engine import create_db_engine, upgrade
 from property_pipeline.db.queries import file_states, month_statuses, problem_files
 from property_pipeline.integrity import verify_files
+from property_pipeline.monitoring.report import build_status_report
 from property_pipeline.processing.engine import FileOutcome, PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.runtime import Pipeline
@@ -167,9 +168,15 @@ def status(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     if as_json:
         months = month_statuses(pipeline.engine, month)
         stuck, failed = problem_files(pipeline.engine, month)
+        report = build_status_report(pipeline.engine, month=month)
         print_json(
             {
                 "months": [{**vars(m), "total": m.total} for m in months],
+                "campaigns": [vars(row) for row in report.rows],
+                "backlog_files": report.backlog_files,
+                "oldest_pending_age_seconds": round(report.oldest_pending_age_seconds, 1),
+                "rows_per_second": report.rows_per_second,
+                "slowest": [vars(line) for line in report.slowest],
                 "stuck": [vars(f) for f in stuck],
                 "failed": [vars(f) for f in failed],
             }
@@ -218,6 +225,35 @@ def print_status(pipeline: Pipeline, month: str | None = None) -> None:
             ],
         )
     )
+    report = build_status_report(pipeline.engine, month=month)
+    if len({row.campaign_id for row in report.rows}) > 1 or len(report.rows) != len(months):
+        click.echo("\nby campaign")
+        click.echo(
+            table(
+                ["month", "campaign", "pending", "processing", "completed", "failed", "loaded", "quarantined"],
+                [
+                    [
+                        r.month,
+                        r.campaign_id,
+                        r.pending,
+                        r.processing,
+                        r.completed,
+                        r.failed,
+                        r.records_loaded,
+                        r.records_quarantined,
+                    ]
+                    for r in report.rows
+                ],
+            )
+        )
+    if report.slowest:
+        click.echo(f"\nslowest files (overall {report.rows_per_second:,.0f} rows/s)")
+        click.echo(
+            table(
+                ["file", "path", "ms", "records"],
+                [[f.file_id, f.file_path, f.processing_time_ms, f.success_count] for f in report.slowest],
+            )
+        )
     if stuck:
         click.echo(f"\nstuck in PROCESSING past their lease ({len(stuck)}): the next `process` run requeues them")
         click.echo(

@@ -194,5 +194,20 @@ capture_runs = Table(
 )
 
 
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("alert_id", Id, primary_key=True, autoincrement=True),
+    Column("alert_key", String(200), nullable=False, unique=True, comment="the cause; one alert per key, ever"),
+    Column("kind", String(16), nullable=False),
+    Column("file_id", Id),
+    Column("month", String(7)),
+    Column("message", Text, nullable=False),
+    Column("raised_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime),
+    Column("delivery_attempts", Integer, nullable=False, server_default="0"),
+)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)

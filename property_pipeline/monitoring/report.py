@@ -1,0 +1,209 @@
+"""The status report: per month and campaign, what is done, what failed and why, what is waiting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Engine, case, func, select
+
+from property_pipeline.db.schema import batch_file_status as files
+from property_pipeline.db.schema import utcnow
+from property_pipeline.db.status import COMPLETED, FAILED, PENDING, PROCESSING
+
+SLOWEST_FILES = 5
+LATEST_ERRORS = 10
+ERROR_PREVIEW_CHARS = 200
+
+
+@dataclass(frozen=True)
+class CampaignMonth:
+    month: str
+    campaign_id: str
+    pending: int
+    processing: int
+    completed: int
+    failed: int
+    records_loaded: int
+    records_quarantined: int
+    oldest_pending_at: datetime | None
+
+
+@dataclass(frozen=True)
+class FileLine:
+    file_id: int
+    file_path: str
+    status: str
+    processing_time_ms: int | None
+    success_count: int | None
+    processed_at: datetime | None
+    error_details: str | None
+
+
+@dataclass
+class StatusReport:
+    generated_at: datetime
+    rows: list[CampaignMonth] = field(default_factory=list)
+    slowest: list[FileLine] = field(default_factory=list)
+    latest_errors: list[FileLine] = field(default_factory=list)
+    rows_per_second: float = 0.0
+
+    @property
+    def backlog_files(self) -> int:
+        return sum(row.pending for row in self.rows)
+
+    @property
+    def failed_files(self) -> int:
+        return sum(row.failed for row in self.rows)
+
+    @property
+    def stuck_candidates(self) -> int:
+        return sum(row.processing for row in self.rows)
+
+    @property
+    def records_loaded(self) -> int:
+        return sum(row.records_loaded for row in self.rows)
+
+    @property
+    def records_quarantined(self) -> int:
+        return sum(row.records_quarantined for row in self.rows)
+
+    @property
+    def oldest_pending_age_seconds(self) -> float:
+        oldest = [row.oldest_pending_at for row in self.rows if row.oldest_pending_at is not None]
+        return max(0.0, (self.generated_at - min(oldest)).total_seconds()) if oldest else 0.0
+
+    def months(self) -> list[str]:
+        return sorted({row.month for row in self.rows})
+
+
+def _count(state: str):  # type: ignore[no-untyped-def]
+    return func.sum(case((files.c.status == state, 1), else_=0))
+
+
+def _as_utc(engine: Engine, value: object) -> datetime | None:
+    return files.c.created_at.type.process_result_value(value, engine.dialect) if value is not None else None
+
+
+def build_status_report(engine: Engine, *, month: str | None = None, now: datetime | None = None) -> StatusReport:
+    """Read the status table once per question and assemble the report."""
+    report = StatusReport(generated_at=now or utcnow())
+    scope = [files.c.month == month] if month else []
+    grouped = (
+        select(
+            files.c.month,
+            files.c.campaign_id,
+            _count(PENDING).label("pending"),
+            _count(PROCESSING).label("processing"),
+            _count(COMPLETED).label("completed"),
+            _count(FAILED).label("failed"),
+            func.sum(case((files.c.status == COMPLETED, files.c.success_count), else_=0)).label("loaded"),
+            func.sum(case((files.c.status == COMPLETED, files.c.error_count), else_=0)).label("quarantined"),
+            func.min(case((files.c.status == PENDING, files.c.created_at))).label("oldest_pending"),
+        )
+        .where(*scope)
+        .group_by(files.c.month, files.c.campaign_id)
+        .order_by(files.c.month, files.c.campaign_id)
+    )
+    line_columns = (
+        files.c.file_id,
+        files.c.file_path,
+        files.c.status,
+        files.c.processing_time_ms,
+        files.c.success_count,
+        files.c.processed_at,
+        files.c.error_details,
+    )
+    slowest = (
+        select(*line_columns)
+        .where(files.c.status == COMPLETED, files.c.duplicate_of_file_id.is_(None), *scope)
+        .order_by(files.c.processing_time_ms.desc(), files.c.file_id)
+        .limit(SLOWEST_FILES)
+    )
+    errors = (
+        select(*line_columns)
+        .where(files.c.status == FAILED, *scope)
+        .order_by(files.c.processed_at.desc(), files.c.file_id.desc())
+        .limit(LATEST_ERRORS)
+    )
+    throughput = select(
+        func.coalesce(func.sum(files.c.success_count), 0), func.coalesce(func.sum(files.c.processing_time_ms), 0)
+    ).where(files.c.status == COMPLETED, files.c.duplicate_of_file_id.is_(None), *scope)
+    with engine.connect() as conn:
+        for row in conn.execute(grouped):
+            report.rows.append(
+                CampaignMonth(
+                    row.month,
+                    row.campaign_id,
+                    int(row.pending or 0),
+                    int(row.processing or 0),
+                    int(row.completed or 0),
+                    int(row.failed or 0),
+                    int(row.loaded or 0),
+                    int(row.quarantined or 0),
+                    _as_utc(engine, row.oldest_pending),
+                )
+            )
+        report.slowest = [FileLine(**row._mapping) for row in conn.execute(slowest)]
+        report.latest_errors = [FileLine(**row._mapping) for row in conn.execute(errors)]
+        loaded, milliseconds = conn.execute(throughput).one()
+    report.rows_per_second = round(int(loaded) / (int(milliseconds) / 1000), 1) if milliseconds else 0.0
+    return report
+
+
+def format_age(seconds: float | None) -> str:
+    """A short human age: 45s, 12m, 5h, 3d."""
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: StatusReport) -> str:
+    """The report as markdown tables, for the Dagster UI."""
+    lines = [
+        f"**Backlog:** {report.backlog_files} files pending (oldest {format_age(report.oldest_pending_age_seconds)}) · "
+        f"**Failed:** {report.failed_files} · **Loaded:** {report.records_loaded} records · "
+        f"**Quarantined:** {report.records_quarantined} · **Throughput:** {report.rows_per_second:,.0f} rows/s",
+        "",
+        "| month | campaign | pending | processing | completed | failed | loaded | quarantined | oldest pending |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in report.rows:
+        age = None if row.oldest_pending_at is None else (report.generated_at - row.oldest_pending_at).total_seconds()
+        lines.append(
+            f"| {row.month} | {_cell(row.campaign_id)} | {row.pending} | {row.processing} | {row.completed} | "
+            f"{row.failed} | {row.records_loaded} | {row.records_quarantined} | {format_age(age)} |"
+        )
+    if not report.rows:
+        lines.append("| - | - | 0 | 0 | 0 | 0 | 0 | 0 | - |")
+    lines += ["", "**Latest errors**", ""]
+    if report.latest_errors:
+        lines += ["| file | path | failed at | error |", "| ---: | --- | --- | --- |"]
+        for item in report.latest_errors:
+            error = (item.error_details or "")[:ERROR_PREVIEW_CHARS]
+            lines.append(
+                f"| {item.file_id} | {_cell(item.file_path)} | {item.processed_at:%Y-%m-%d %H:%M} | {_cell(error)} |"
+            )
+    else:
+        lines.append("No failed files.")
+    lines += ["", "**Slowest files**", ""]
+    if report.slowest:
+        lines += ["| file | path | ms | records |", "| ---: | --- | ---: | ---: |"]
+        for item in report.slowest:
+            lines.append(
+                f"| {item.file_id} | {_cell(item.file_path)} | {item.processing_time_ms} | {item.success_count} |"
+            )
+    else:
+        lines.append("No completed files yet.")
+    return "\n".join(lines)
