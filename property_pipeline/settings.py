@@ -13,6 +13,9 @@ DEFAULT_API_BASE_URL = "http://127.0.0.1:8765"
 DEFAULT_PAGE_SIZE = 400
 DEFAULT_RETENTION_MONTHS = 2
 DEFAULT_CAMPAIGNS_FILE = "campaigns.yaml"
+# A page of 1000 records is about 2 MB; larger files are refused unread (memory stays bounded).
+DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+DEFAULT_SENSOR_MAX_FILES = 500
 
 
 class SettingsError(ValueError):
@@ -56,9 +59,12 @@ class Settings:
     page_size: int = DEFAULT_PAGE_SIZE
     campaigns_file: Path = Path(DEFAULT_CAMPAIGNS_FILE)
     retention_months: int = DEFAULT_RETENTION_MONTHS
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     archive_enabled: bool = True
     alert_webhook_url: str | None = None
     pending_alert_age_seconds: int = 24 * 3600
+    sensor_auto_process: bool = False
+    sensor_max_files: int = DEFAULT_SENSOR_MAX_FILES
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -75,9 +81,12 @@ class Settings:
             page_size=_int_env("PROPERTY_API_PAGE_SIZE", DEFAULT_PAGE_SIZE),
             campaigns_file=Path(campaigns or DEFAULT_CAMPAIGNS_FILE).absolute(),
             retention_months=_int_env("PROPERTY_PIPELINE_RETENTION_MONTHS", DEFAULT_RETENTION_MONTHS),
+            max_payload_bytes=_int_env("PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES),
             archive_enabled=_bool_env("PROPERTY_PIPELINE_ARCHIVE", True),
             alert_webhook_url=os.environ.get("PROPERTY_PIPELINE_ALERT_WEBHOOK_URL") or None,
             pending_alert_age_seconds=_int_env("PROPERTY_PIPELINE_PENDING_ALERT_SECONDS", 24 * 3600),
+            sensor_auto_process=_bool_env("PROPERTY_PIPELINE_SENSOR_AUTO_PROCESS", False),
+            sensor_max_files=_int_env("PROPERTY_PIPELINE_SENSOR_MAX_FILES", DEFAULT_SENSOR_MAX_FILES),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import click
 from sqlalchemy import make_url
@@ -119,3 +120,23 @@ def main(ctx: click.Context, verbose: bool) -> None:
         ctx.obj = Settings.from_env()
     except SettingsError as error:
         raise PipelineUsageError(str(error)) from None
+    if ctx.obj.api_key:
+        for handler in logging.getLogger().handlers:
+            if not any(isinstance(f, RedactSecret) for f in handler.filters):
+                handler.addFilter(RedactSecret(ctx.obj.api_key))
+
+
+class RedactSecret(logging.Filter):
+    """Replace the API key in every log line, whoever logs it (with -v, urllib3 logs each request's URL)."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self._forms = {secret, quote(secret, safe="")}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(form in message for form in self._forms):
+            for form in self._forms:
+                message = message.replace(form, "***")
+            record.msg, record.args = message, None
+        return True

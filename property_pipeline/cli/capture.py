@@ -189,7 +189,12 @@ def demo(pipeline: Pipeline, records: int) -> None:
                 sys.exit(EXIT_FAILED)
     _echo_report(report)
     click.echo("3. processing the pending files")
-    processed = PayloadProcessor(pipeline.engine, pipeline.root, lease_seconds=pipeline.settings.lease_seconds).run()
+    processed = PayloadProcessor(
+        pipeline.engine,
+        pipeline.root,
+        lease_seconds=pipeline.settings.lease_seconds,
+        max_payload_bytes=pipeline.settings.max_payload_bytes,
+    ).run()
     click.echo(
         f"   {processed.completed} files completed, {processed.failed} failed; {processed.records_loaded} records "
         f"loaded, {processed.records_quarantined} quarantined ({processed.rows_per_second:,.0f} rows/s)"

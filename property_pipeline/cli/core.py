@@ -57,7 +57,9 @@ def db_upgrade(settings: Settings) -> None:
 @pipeline_command
 def register(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     """Register payload files that are on disk but not yet in the database, as PENDING."""
-    report = register_unregistered(pipeline.engine, pipeline.root, "cli:register", month)
+    report = register_unregistered(
+        pipeline.engine, pipeline.root, "cli:register", month, max_payload_bytes=pipeline.settings.max_payload_bytes
+    )
     if as_json:
         print_json(
             {
@@ -129,7 +131,12 @@ def process(pipeline: Pipeline, month: str | None, include_failed: bool, limit: 
     statuses = month_statuses(pipeline.engine, month)
     total = sum(s.pending + (s.failed if include_failed else 0) for s in statuses)
     progress = _Progress(min(total, limit) if limit else total)
-    processor = PayloadProcessor(pipeline.engine, pipeline.root, lease_seconds=pipeline.settings.lease_seconds)
+    processor = PayloadProcessor(
+        pipeline.engine,
+        pipeline.root,
+        lease_seconds=pipeline.settings.lease_seconds,
+        max_payload_bytes=pipeline.settings.max_payload_bytes,
+    )
     report = processor.run(month=month, include_failed=include_failed, limit=limit, on_file=progress)
     progress.finish()
     if as_json:

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from property_pipeline.db.schema import batch_file_status as files
@@ -88,6 +89,9 @@ def _payload_file(row: object) -> PayloadFile:
     return PayloadFile(**row._mapping)  # type: ignore[attr-defined]
 
 
+_INSERT_EVENT = insert(events)
+
+
 def _record_events(
     conn: Connection, file_ids: Iterable[int], from_status: str | None, to_status: str, actor: str, detail: str | None
 ) -> None:
@@ -104,16 +108,17 @@ def _record_events(
         for file_id in file_ids
     ]
     if rows:
-        conn.execute(insert(events), rows)
+        conn.execute(_INSERT_EVENT, rows)
 
 
-def _insert_ignoring_conflict(conn: Connection):  # type: ignore[no-untyped-def]
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(files)
-    if dialect == "sqlite":
-        return sqlite.insert(files)
-    raise NotImplementedError(f"database {dialect!r} is not supported (use SQLite or PostgreSQL)")
+_REGISTERED = select(
+    files.c.file_id, files.c.file_path, files.c.status, files.c.checksum_sha256, files.c.duplicate_of_file_id
+).where(
+    or_(
+        files.c.file_path.in_(bindparam("paths", expanding=True)),
+        files.c.checksum_sha256.in_(bindparam("checksums", expanding=True)),
+    )
+)
 
 
 def register_files(conn: Connection, candidates: Sequence[NewPayloadFile], actor: str) -> list[Registration]:
@@ -121,74 +126,172 @@ def register_files(conn: Connection, candidates: Sequence[NewPayloadFile], actor
 
     A file whose SHA-256 equals an already registered file is recorded as COMPLETED with
     `duplicate_of_file_id` set and nothing to load, so its records are never loaded twice.
+    A few statements per call, not per file: the originals, then the duplicates, then the events.
     """
     if not candidates:
         return []
     paths = [c.file_path for c in candidates]
-    existing = {
-        row.file_path: row
-        for row in conn.execute(
-            select(files.c.file_id, files.c.file_path, files.c.status).where(files.c.file_path.in_(paths))
-        )
-    }
+    wanted_paths = set(paths)
     checksums = {c.checksum_sha256 for c in candidates}
-    originals: dict[str, int] = {
-        row.checksum_sha256: row.file_id
-        for row in conn.execute(
-            select(files.c.checksum_sha256, func.min(files.c.file_id).label("file_id"))
-            .where(files.c.checksum_sha256.in_(checksums), files.c.duplicate_of_file_id.is_(None))
-            .group_by(files.c.checksum_sha256)
-        )
-    }
-    results: list[Registration] = []
+    # One look-up for both questions: which paths are registered, and the original of each checksum.
+    existing = {}
+    originals: dict[str, int] = {}
+    for row in conn.execute(_REGISTERED, {"paths": paths, "checksums": list(checksums)}):
+        if row.file_path in wanted_paths:
+            existing[row.file_path] = row
+        if row.checksum_sha256 in checksums and row.duplicate_of_file_id is None:
+            originals[row.checksum_sha256] = min(row.file_id, originals.get(row.checksum_sha256, row.file_id))
     now = utcnow()
+    # The first new file of each unknown checksum is an original; every other new file is a duplicate,
+    # inserted once the originals have their ids.
+    fresh: list[NewPayloadFile] = []
+    duplicates: list[NewPayloadFile] = []
+    first_of_checksum: set[str] = set(originals)
+    seen_paths: set[str] = set(existing)
     for candidate in candidates:
-        known = existing.get(candidate.file_path)
-        if known is not None:
-            results.append(Registration(known.file_id, known.file_path, known.status, created=False))
+        if candidate.file_path in seen_paths:
             continue
-        duplicate_of = originals.get(candidate.checksum_sha256)
-        values = {
-            "file_path": candidate.file_path,
-            "campaign_id": candidate.campaign_id,
-            "batch_number": candidate.batch_number,
-            "month": candidate.month,
-            "checksum_sha256": candidate.checksum_sha256,
-            "file_size_bytes": candidate.file_size_bytes,
-            "captured_at": candidate.captured_at,
-            "properties_count": candidate.properties_count,
-            "created_at": now,
-            "status": PENDING,
-        }
-        if duplicate_of is not None:
-            values.update(
-                status=COMPLETED,
-                duplicate_of_file_id=duplicate_of,
-                processed_at=now,
-                success_count=0,
-                error_count=0,
-                processing_time_ms=0,
-                error_details=None,
-            )
-        statement = (
-            _insert_ignoring_conflict(conn)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["file_path"])
-            .returning(files.c.file_id)
-        )
-        file_id = conn.execute(statement).scalar()
-        if file_id is None:  # another registrar won the race for this path
-            row = conn.execute(
-                select(files.c.file_id, files.c.status).where(files.c.file_path == candidate.file_path)
-            ).one()
-            results.append(Registration(row.file_id, candidate.file_path, row.status, created=False))
-            continue
-        detail = f"duplicate of file {duplicate_of}: same SHA-256, nothing to load" if duplicate_of else None
-        _record_events(conn, [file_id], None, values["status"], actor, detail)
-        if duplicate_of is None:
+        seen_paths.add(candidate.file_path)
+        if candidate.checksum_sha256 in first_of_checksum:
+            duplicates.append(candidate)
+        else:
+            first_of_checksum.add(candidate.checksum_sha256)
+            fresh.append(candidate)
+    created: dict[str, Registration] = {}
+    inserted = _insert_new_files(conn, [_new_row(c, now) for c in fresh])
+    for candidate in fresh:
+        if candidate.file_path in inserted:
+            file_id = inserted[candidate.file_path]
             originals[candidate.checksum_sha256] = file_id
-        results.append(Registration(file_id, candidate.file_path, values["status"], True, duplicate_of))
+            created[candidate.file_path] = Registration(file_id, candidate.file_path, PENDING, True)
+    duplicate_rows = []
+    for candidate in duplicates:
+        original = originals.get(candidate.checksum_sha256)
+        if original is None:  # its original lost a race for its path: register this one as an original
+            duplicate_rows.append(_new_row(candidate, now))
+            continue
+        row = _new_row(candidate, now)
+        row.update(
+            status=COMPLETED,
+            duplicate_of_file_id=original,
+            processed_at=now,
+            success_count=0,
+            error_count=0,
+            processing_time_ms=0,
+            error_details=None,
+        )
+        duplicate_rows.append(row)
+    for values in (
+        [row for row in duplicate_rows if "duplicate_of_file_id" not in row],
+        [row for row in duplicate_rows if "duplicate_of_file_id" in row],
+    ):
+        inserted = _insert_new_files(conn, values)
+        for row in values:
+            if row["file_path"] in inserted:
+                duplicate_of = row.get("duplicate_of_file_id")
+                created[row["file_path"]] = Registration(
+                    inserted[row["file_path"]], row["file_path"], row["status"], True, duplicate_of
+                )
+    event_rows = [
+        {
+            "file_id": registration.file_id,
+            "at": now,
+            "from_status": None,
+            "to_status": registration.status,
+            "actor": actor[:128],
+            "detail": (
+                f"duplicate of file {registration.duplicate_of}: same SHA-256, nothing to load"
+                if registration.duplicate_of
+                else None
+            ),
+        }
+        for registration in created.values()
+    ]
+    if event_rows:
+        conn.execute(_INSERT_EVENT, event_rows)
+    # Paths registered by someone else (before this call, or racing with it): as they are now.
+    raced = [path for path in paths if path not in created and path not in existing]
+    if raced:
+        for row in conn.execute(
+            select(files.c.file_id, files.c.file_path, files.c.status).where(files.c.file_path.in_(raced))
+        ):
+            existing[row.file_path] = row
+    results = []
+    for path in paths:
+        registration = created.pop(path, None)  # a path listed twice is created once
+        if registration is None:
+            row = existing.get(path) or next(r for r in results if r.file_path == path)
+            registration = Registration(row.file_id, path, row.status, created=False)
+        results.append(registration)
     return results
+
+
+def _new_row(candidate: NewPayloadFile, now: datetime) -> dict[str, object]:
+    return {
+        "file_path": candidate.file_path,
+        "campaign_id": candidate.campaign_id,
+        "batch_number": candidate.batch_number,
+        "month": candidate.month,
+        "checksum_sha256": candidate.checksum_sha256,
+        "file_size_bytes": candidate.file_size_bytes,
+        "captured_at": candidate.captured_at,
+        "properties_count": candidate.properties_count,
+        "created_at": now,
+        "status": PENDING,
+    }
+
+
+def _insert_new_files(conn: Connection, rows: Sequence[dict[str, object]]) -> dict[str, int]:
+    """INSERT the rows (one statement per batch), skipping paths already registered; {file_path: file_id} inserted."""
+    if not rows:
+        return {}
+    return {
+        row.file_path: row.file_id for row in conn.execute(_insert_new_files_statement(conn.dialect.name), list(rows))
+    }
+
+
+@cache
+def _insert_new_files_statement(dialect: str):  # type: ignore[no-untyped-def]
+    insert_into = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+    if insert_into is None:
+        raise NotImplementedError(f"database {dialect!r} is not supported (use SQLite or PostgreSQL)")
+    return (
+        insert_into(files)
+        .on_conflict_do_nothing(index_elements=["file_path"])
+        .returning(files.c.file_path, files.c.file_id)
+    )
+
+
+# The statements of the per-file transitions are built once: building a statement costs the
+# processor more than the database takes to run it (they run twice per file).
+
+
+@cache
+def _claim_statement(by_month: bool, by_file_ids: bool):  # type: ignore[no-untyped-def]
+    conditions = [files.c.status == PENDING]
+    if by_month:
+        conditions.append(files.c.month == bindparam("scope_month"))
+    if by_file_ids:
+        conditions.append(files.c.file_id.in_(bindparam("scope_file_ids", expanding=True)))
+    candidate = (
+        select(files.c.file_id)
+        .where(*conditions)
+        .order_by(files.c.file_id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return (
+        update(files)
+        .where(files.c.file_id == candidate, files.c.status == PENDING)
+        .values(
+            status=PROCESSING,
+            locked_by=bindparam("claim_worker"),
+            locked_until=bindparam("claim_until"),
+            attempts=files.c.attempts + 1,
+        )
+        .returning(*_FILE_COLUMNS)
+    )
 
 
 def claim_next_pending(
@@ -204,32 +307,22 @@ def claim_next_pending(
     PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait on each other's row.
     SQLite: the transaction starts with BEGIN IMMEDIATE, which serializes claims.
     """
-    conditions = [files.c.status == PENDING]
+    parameters: dict[str, object] = {
+        "claim_worker": worker,
+        "claim_until": utcnow() + timedelta(seconds=lease_seconds),
+    }
     if month is not None:
-        conditions.append(files.c.month == month)
+        parameters["scope_month"] = month
     if file_ids is not None:
-        conditions.append(files.c.file_id.in_(list(file_ids)))
-    candidate = (
-        select(files.c.file_id)
-        .where(*conditions)
-        .order_by(files.c.file_id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    now = utcnow()
+        parameters["scope_file_ids"] = list(file_ids)
     with engine.begin() as conn:
-        row = conn.execute(
-            update(files)
-            .where(files.c.file_id == candidate, files.c.status == PENDING)
-            .values(
-                status=PROCESSING,
-                locked_by=worker,
-                locked_until=now + timedelta(seconds=lease_seconds),
-                attempts=files.c.attempts + 1,
-            )
-            .returning(*_FILE_COLUMNS)
-        ).first()
+        if conn.dialect.name == "postgresql":
+            # The claim need not wait for its WAL to reach disk: a server crash that loses it also
+            # ends this processor's connection, so the file is just PENDING again and nothing of it
+            # was loaded. The file's data transaction commits synchronously, flushing the claim too.
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+        statement = _claim_statement(month is not None, file_ids is not None)
+        row = conn.execute(statement, parameters).first()
         if row is None:
             return None
         _record_events(conn, [row.file_id], PENDING, PROCESSING, worker, None)
@@ -247,15 +340,43 @@ def extend_lease(engine: Engine, file_id: int, worker: str, lease_seconds: int) 
         return result.rowcount == 1
 
 
+_HOLD = (
+    select(files.c.file_id)
+    .where(
+        files.c.file_id == bindparam("hold_file_id"),
+        files.c.status == PROCESSING,
+        files.c.locked_by == bindparam("hold_worker"),
+    )
+    .with_for_update()
+)
+
+
 def hold_claim(conn: Connection, file_id: int, worker: str) -> None:
     """Inside the data transaction: lock the status row and check this worker still owns it."""
-    owned = conn.execute(
-        select(files.c.file_id)
-        .where(files.c.file_id == file_id, files.c.status == PROCESSING, files.c.locked_by == worker)
-        .with_for_update()
-    ).first()
+    owned = conn.execute(_HOLD, {"hold_file_id": file_id, "hold_worker": worker}).first()
     if owned is None:
         raise LostClaim(f"file {file_id} is no longer claimed by {worker} (lease expired and it was requeued)")
+
+
+_COMPLETE = (
+    update(files)
+    .where(
+        files.c.file_id == bindparam("done_file_id"),
+        files.c.status == PROCESSING,
+        files.c.locked_by == bindparam("done_worker"),
+    )
+    .values(
+        status=COMPLETED,
+        processed_at=bindparam("done_at"),
+        properties_count=bindparam("done_properties"),
+        success_count=bindparam("done_success"),
+        error_count=bindparam("done_errors"),
+        processing_time_ms=bindparam("done_ms"),
+        error_details=None,
+        locked_by=None,
+        locked_until=None,
+    )
+)
 
 
 def mark_completed(
@@ -270,19 +391,16 @@ def mark_completed(
 ) -> None:
     """PROCESSING → COMPLETED, in the same transaction as the file's data."""
     result = conn.execute(
-        update(files)
-        .where(files.c.file_id == file_id, files.c.status == PROCESSING, files.c.locked_by == worker)
-        .values(
-            status=COMPLETED,
-            processed_at=utcnow(),
-            properties_count=properties_count,
-            success_count=success_count,
-            error_count=error_count,
-            processing_time_ms=processing_time_ms,
-            error_details=None,
-            locked_by=None,
-            locked_until=None,
-        )
+        _COMPLETE,
+        {
+            "done_file_id": file_id,
+            "done_worker": worker,
+            "done_at": utcnow(),
+            "done_properties": properties_count,
+            "done_success": success_count,
+            "done_errors": error_count,
+            "done_ms": processing_time_ms,
+        },
     )
     if result.rowcount != 1:
         raise LostClaim(f"file {file_id} is no longer claimed by {worker}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -16,10 +17,11 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from property_pipeline.db import status
 from property_pipeline.db.status import PayloadFile
 from property_pipeline.processing.loader import load_records
-from property_pipeline.processing.parse import PayloadFormatError, parse_payload
+from property_pipeline.processing.memory import fewer_garbage_collections
+from property_pipeline.processing.parse import PayloadFormatError, read_page
+from property_pipeline.settings import DEFAULT_MAX_PAYLOAD_BYTES
 from property_pipeline.store import markers
 from property_pipeline.store.layout import PayloadPathError, PayloadRoot
-from property_pipeline.store.writer import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +90,19 @@ class PayloadProcessor:
     """Processes registered payload files exactly once; any number of processors may run at once."""
 
     def __init__(
-        self, engine: Engine, root: PayloadRoot, *, lease_seconds: int = 300, worker: str | None = None
+        self,
+        engine: Engine,
+        root: PayloadRoot,
+        *,
+        lease_seconds: int = 300,
+        worker: str | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         self.engine = engine
         self.root = root
         self.lease_seconds = lease_seconds
         self.worker = worker or new_worker_id()
+        self.max_payload_bytes = max_payload_bytes
 
     def run(
         self,
@@ -114,16 +123,17 @@ class PayloadProcessor:
             report.retried = status.retry_failed(
                 self.engine, self.worker, file_ids=file_ids, month=month, all_failed=True
             )
-        while limit is None or len(report.outcomes) < limit:
-            claimed = status.claim_next_pending(
-                self.engine, self.worker, self.lease_seconds, month=month, file_ids=file_ids
-            )
-            if claimed is None:
-                break
-            outcome = self.process_claimed(claimed)
-            report.outcomes.append(outcome)
-            if on_file is not None:
-                on_file(outcome)
+        with fewer_garbage_collections():
+            while limit is None or len(report.outcomes) < limit:
+                claimed = status.claim_next_pending(
+                    self.engine, self.worker, self.lease_seconds, month=month, file_ids=file_ids
+                )
+                if claimed is None:
+                    break
+                outcome = self.process_claimed(claimed)
+                report.outcomes.append(outcome)
+                if on_file is not None:
+                    on_file(outcome)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -138,8 +148,17 @@ class PayloadProcessor:
                     f"payload file {payload.file_path} is missing from {self.root.payloads}; "
                     "restore it (property-pipeline restore, or from a backup), then retry"
                 )
+            size = source.stat().st_size
+            if size > self.max_payload_bytes:  # refused before it is copied or read: memory stays bounded
+                raise FileProblem(
+                    f"payload file {payload.file_path} is {size:,} bytes, above the limit of "
+                    f"{self.max_payload_bytes:,} (PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES); it was not read. "
+                    "Raise the limit if the file is genuine, then retry"
+                )
             copy = markers.processing_copy(self.root, payload.file_id, source)
-            checksum, _size = sha256_file(copy)
+            # Read once: the bytes that are checked against the checksum are the very bytes parsed.
+            body = copy.read_bytes()
+            checksum = hashlib.sha256(body).hexdigest()
             if checksum != payload.checksum_sha256:
                 raise FileProblem(
                     f"checksum mismatch for {payload.file_path}: registered {payload.checksum_sha256}, "
@@ -147,29 +166,31 @@ class PayloadProcessor:
                     "Restore the original bytes, then retry"
                 )
             try:
-                parsed = parse_payload(copy.read_bytes())
+                page = read_page(body)
             except PayloadFormatError as error:
                 raise FileProblem(f"{payload.file_path}: {error}") from None
+            del body
             with self.engine.begin() as conn:
                 status.hold_claim(conn, payload.file_id, self.worker)
-                load_records(conn, payload, parsed.records, parsed.rejected)
+                # Records are validated while they load: the counts are known once load_records returns.
+                load_records(conn, payload, page)
                 elapsed_ms = int((time.perf_counter() - started) * 1000)
                 status.mark_completed(
                     conn,
                     payload.file_id,
                     self.worker,
-                    properties_count=parsed.properties_count,
-                    success_count=len(parsed.records),
-                    error_count=len(parsed.rejected),
+                    properties_count=page.properties_count,
+                    success_count=page.accepted,
+                    error_count=len(page.rejected),
                     processing_time_ms=elapsed_ms,
                 )
             outcome = FileOutcome(
                 payload.file_id,
                 payload.file_path,
                 status.COMPLETED,
-                parsed.properties_count,
-                len(parsed.records),
-                len(parsed.rejected),
+                page.properties_count,
+                page.accepted,
+                len(page.rejected),
                 elapsed_ms,
             )
         except status.LostClaim as error:

@@ -6,15 +6,18 @@ so reprocessing an older file never replaces newer data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import psycopg
 from sqlalchemy import Connection, insert
+from sqlalchemy.exc import DBAPIError
 
 from property_pipeline.db.schema import quarantined_records, utcnow
 from property_pipeline.db.status import PayloadFile
-from property_pipeline.processing.parse import RejectedRecord
-from property_pipeline.processing.records import COLUMNS, PropertyRecord
+from property_pipeline.processing.parse import PayloadPage, RejectedRecord
+from property_pipeline.processing.records import COLUMNS, FIELDS, PropertyRecord
 
 LINEAGE = ("raw", "source_file_id", "campaign_id", "captured_at", "first_seen_at", "last_seen_at")
 ALL_COLUMNS = ("property_id", *COLUMNS, *LINEAGE)
@@ -34,16 +37,47 @@ SQLITE_UPSERT = (
     f"INSERT INTO properties ({', '.join(ALL_COLUMNS)}) VALUES ({', '.join('?' for _ in ALL_COLUMNS)}) "
     + _upsert_tail("min")
 )
-PG_STAGE = "property_stage"
-PG_CREATE_STAGE = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {PG_STAGE} (LIKE properties INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+# PostgreSQL. Properties the database does not hold yet are copied straight into `properties`: the
+# cost of a plain COPY. Known ones go through a staging table and an upsert that keeps the newest.
+PG_KNOWN = "SELECT property_id FROM properties WHERE property_id = ANY(%s::text[])"
+# Binary COPY: the client sends values as they are in memory instead of formatting each as text,
+# which is most of the client's COPY work. The types must be the columns' types exactly.
+_PG_TYPE_OF_KIND = {
+    "text": "text",
+    "state": "text",
+    "zip": "text",
+    "int32": "int4",
+    "int64": "int8",
+    "number": "float8",
+    "lat": "float8",
+    "lon": "float8",
+    "bool": "bool",
+    "date": "date",
+}
+PG_COPY_TYPES = (
+    "text",
+    *(_PG_TYPE_OF_KIND[kind] for _column, _path, kind in FIELDS),
+    "text",  # raw: json's binary form is its text, so the JSON goes as it is
+    "int8",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
 )
-PG_COPY = f"COPY {PG_STAGE} ({', '.join(ALL_COLUMNS)}) FROM STDIN"
+PG_COPY_NEW = f"COPY properties ({', '.join(ALL_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+PG_STAGE = "property_stage"
+# INCLUDING COMPRESSION: values are compressed once, in the stage, with the column's method (lz4),
+# and INSERT ... SELECT moves them into `properties` without compressing them again.
+PG_CREATE_STAGE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {PG_STAGE} (LIKE properties INCLUDING DEFAULTS INCLUDING COMPRESSION) "
+    "ON COMMIT DELETE ROWS"
+)
+PG_COPY = f"COPY {PG_STAGE} ({', '.join(ALL_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 PG_MERGE = (
     f"INSERT INTO properties ({', '.join(ALL_COLUMNS)}) SELECT {', '.join(ALL_COLUMNS)} FROM {PG_STAGE} "
-    + _upsert_tail("LEAST")
+    "ORDER BY property_id " + _upsert_tail("LEAST")
 )
-PG_LINKS = f"INSERT INTO file_properties (file_id, property_id) SELECT %s, property_id FROM {PG_STAGE}"
+PG_LINKS = "INSERT INTO file_properties (file_id, property_id) SELECT %s, unnest(%s::text[])"
 
 
 def _sqlite_time(moment: datetime) -> str:
@@ -51,27 +85,48 @@ def _sqlite_time(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
-def _sqlite_value(value: object) -> object:
-    if isinstance(value, bool):
-        return int(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()  # type: ignore[union-attr]
-    return value
+# SQLite: dates go in as ISO text (what SQLAlchemy's Date reads back); booleans are stored as 1 and 0 as
+# they are. Only the date columns need converting.
+_DATE_POSITIONS = tuple(position for position, (_column, _path, kind) in enumerate(FIELDS) if kind == "date")
 
 
-def load_records(
-    conn: Connection, payload: PayloadFile, records: Sequence[PropertyRecord], rejected: Sequence[RejectedRecord]
-) -> None:
-    """Upsert `records`, link them to the file, quarantine `rejected`; no commit (the caller owns the transaction)."""
+def _sqlite_row(record: PropertyRecord, lineage: tuple) -> tuple:  # type: ignore[type-arg]
+    values = list(record.values)
+    for position in _DATE_POSITIONS:
+        if values[position] is not None:
+            values[position] = values[position].isoformat()
+    return (record.property_id, *values, record.raw_json, *lineage)
+
+
+@contextmanager
+def _driver_errors_as_sqlalchemy(conn: Connection, what: str) -> Iterator[None]:
+    """The bulk paths use the driver's cursor directly: raise its errors as SQLAlchemy's DBAPIError subclasses.
+
+    The processor gives the claim back on OperationalError (connection lost, statement cancelled) and
+    marks the file FAILED on other DBAPIErrors; a raw driver error would escape both and stop the run.
+    """
+    driver_error = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except driver_error as error:
+        raise DBAPIError.instance(what, None, error, driver_error, dialect=conn.dialect) from error
+
+
+def load_records(conn: Connection, payload: PayloadFile, page: PayloadPage) -> None:
+    """Upsert the page's valid records, link them to the file, quarantine the rest; no commit (the caller's).
+
+    The records are validated as they are taken (see PayloadPage): afterwards `page.accepted` and
+    `page.rejected` hold the counts the file's status records.
+    """
     dialect = conn.dialect.name
-    if records:
+    with _driver_errors_as_sqlalchemy(conn, f"bulk load of file {payload.file_id}"):
         if dialect == "postgresql":
-            _load_postgresql(conn, payload, records)
+            _load_postgresql(conn, payload, page)
         elif dialect == "sqlite":
-            _load_sqlite(conn, payload, records)
+            _load_sqlite(conn, payload, list(page.records()))
         else:
             raise NotImplementedError(f"database {dialect!r} is not supported (use SQLite or PostgreSQL)")
-    if rejected:
+    if page.rejected:
         now = utcnow()
         conn.execute(
             insert(quarantined_records),
@@ -84,15 +139,21 @@ def load_records(
                     "raw": item.raw_json,
                     "quarantined_at": now,
                 }
-                for item in rejected
+                for item in sorted(page.rejected, key=_record_index)
             ],
         )
 
 
+def _record_index(item: RejectedRecord) -> int:
+    return item.record_index
+
+
 def _load_sqlite(conn: Connection, payload: PayloadFile, records: Sequence[PropertyRecord]) -> None:
+    if not records:
+        return
     captured = _sqlite_time(payload.captured_at)
     lineage = (payload.file_id, payload.campaign_id, captured, captured, captured)
-    rows = [(record.property_id, *map(_sqlite_value, record.values), record.raw_json, *lineage) for record in records]
+    rows = [_sqlite_row(record, lineage) for record in records]
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.executemany(SQLITE_UPSERT, rows)
@@ -104,14 +165,54 @@ def _load_sqlite(conn: Connection, payload: PayloadFile, records: Sequence[Prope
         cursor.close()
 
 
-def _load_postgresql(conn: Connection, payload: PayloadFile, records: Sequence[PropertyRecord]) -> None:
+def _load_postgresql(conn: Connection, payload: PayloadFile, page: PayloadPage) -> None:
+    """Stream the records into a COPY as they are validated, so the server works while Python validates.
+
+    Properties the table does not hold yet go straight into `properties` (the cost of a plain COPY);
+    known ones are upserted from a staging table, newest wins. Records are taken in id order, one
+    order for every file, so two processors loading the same new properties wait, never deadlock.
+    """
     captured = payload.captured_at
     lineage = (payload.file_id, payload.campaign_id, captured, captured, captured)
     driver = conn.connection.driver_connection  # psycopg 3
     with driver.cursor() as cursor:  # type: ignore[union-attr]
-        cursor.execute(PG_CREATE_STAGE)
-        with cursor.copy(PG_COPY) as copy:
-            for record in records:
-                copy.write_row((record.property_id, *record.values, record.raw_json, *lineage))
-        cursor.execute(PG_MERGE)
-        cursor.execute(PG_LINKS, (payload.file_id,))
+        cursor.execute(PG_KNOWN, (_text_array([i for i in page.ids() if i is not None]),))
+        known = {row[0] for row in cursor}
+        records = page.records(by_id=True)
+        accepted: list[PropertyRecord] = []
+        to_upsert: list[PropertyRecord] = []
+        cursor.execute("SAVEPOINT new_properties")
+        try:
+            with cursor.copy(PG_COPY_NEW) as copy:
+                copy.set_types(PG_COPY_TYPES)
+                for record in records:
+                    accepted.append(record)
+                    if record.property_id in known:
+                        to_upsert.append(record)
+                    else:
+                        copy.write_row((record.property_id, *record.values, record.raw_json, *lineage))
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
+            # Another processor inserted one of them meanwhile (the COPY waited for its commit): undo the
+            # COPY and upsert them all.
+            cursor.execute("ROLLBACK TO SAVEPOINT new_properties")
+            accepted.extend(records)  # validate the records the COPY had not reached
+            to_upsert = accepted
+        else:
+            cursor.execute("RELEASE SAVEPOINT new_properties")
+        if to_upsert:
+            cursor.execute(PG_CREATE_STAGE)
+            with cursor.copy(PG_COPY) as copy:
+                copy.set_types(PG_COPY_TYPES)
+                for record in to_upsert:
+                    copy.write_row((record.property_id, *record.values, record.raw_json, *lineage))
+            cursor.execute(PG_MERGE)
+        if accepted:
+            cursor.execute(PG_LINKS, (payload.file_id, _text_array([record.property_id for record in accepted])))
+
+
+def _text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL text[] literal: every element quoted, with its backslashes and double quotes escaped.
+
+    One string parameter instead of a list that the driver adapts element by element (a tenth of the time).
+    """
+    return "{" + ",".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values) + "}"

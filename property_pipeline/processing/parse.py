@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from property_pipeline.processing.records import PropertyRecord, RecordRejected, validate_record
+from property_pipeline.processing.records import PropertyRecord, RecordRejected, property_id_of, validate_record
 
 MAX_REJECTED_RAW_CHARS = 100_000
 
@@ -38,12 +39,76 @@ def _raw_text(record: Any) -> str:
     try:
         text = orjson.dumps(record).decode()
     except TypeError:
-        text = repr(record)
+        try:
+            text = repr(record)
+        except RecursionError:
+            text = f"<a JSON {type(record).__name__} nested too deeply to show>"
     return text if len(text) <= MAX_REJECTED_RAW_CHARS else text[:MAX_REJECTED_RAW_CHARS] + "…(truncated)"
 
 
-def parse_payload(body: bytes) -> ParsedPayload:
-    """Parse one API page; valid records in order, in-file duplicate ids and contract breaches rejected."""
+class PayloadPage:
+    """A page read as JSON whose records are validated one at a time, as they are taken.
+
+    The loader takes them while its COPY streams, so the database stores one record while the next
+    is validated. Take `records()` once: rejected records are added to `rejected` as they are met.
+    """
+
+    def __init__(self, data: list[Any]) -> None:
+        self.data = data
+        self.rejected: list[RejectedRecord] = []
+        self.accepted = 0
+
+    @property
+    def properties_count(self) -> int:
+        return len(self.data)
+
+    def ids(self) -> list[str | None]:
+        """Each record's id as it will be stored, or None where it has none usable (nothing else is checked)."""
+        ids: list[str | None] = []
+        for raw in self.data:
+            try:
+                ids.append(property_id_of(raw))
+            except RecordRejected:
+                ids.append(None)
+        return ids
+
+    def records(self, *, by_id: bool = False) -> Iterator[PropertyRecord]:
+        """The valid records, in file order or ordered by id; the first valid one of an id wins either way."""
+        indexes: Iterable[int] = range(len(self.data))
+        if by_id:
+            keys = [property_id or "" for property_id in self.ids()]
+            indexes = sorted(indexes, key=keys.__getitem__)  # a stable sort: file order among equal ids
+        first_index: dict[str, int] = {}
+        for index in indexes:
+            raw = self.data[index]
+            try:
+                record = validate_record(raw)
+            except RecordRejected as reason:
+                property_id = raw.get("id") if isinstance(raw, dict) else None
+                self.rejected.append(
+                    RejectedRecord(
+                        index, None if property_id is None else str(property_id)[:256], str(reason), _raw_text(raw)
+                    )
+                )
+                continue
+            earlier = first_index.get(record.property_id)
+            if earlier is not None:
+                self.rejected.append(
+                    RejectedRecord(
+                        index,
+                        record.property_id,
+                        f"duplicate id in the file (first at index {earlier})",
+                        record.raw_json,
+                    )
+                )
+                continue
+            first_index[record.property_id] = index
+            self.accepted += 1
+            yield record
+
+
+def read_page(body: bytes) -> PayloadPage:
+    """Parse one API page's JSON and check its shape; its records are validated when taken."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
@@ -56,28 +121,11 @@ def parse_payload(body: bytes) -> ParsedPayload:
     declared = document.get("recordCount")
     if isinstance(declared, int) and not isinstance(declared, bool) and declared != len(data):
         raise PayloadFormatError(f"recordCount says {declared} but 'data' holds {len(data)} records")
-    records: list[PropertyRecord] = []
-    rejected: list[RejectedRecord] = []
-    first_index: dict[str, int] = {}
-    for index, raw in enumerate(data):
-        try:
-            record = validate_record(raw)
-        except RecordRejected as reason:
-            property_id = raw.get("id") if isinstance(raw, dict) else None
-            rejected.append(
-                RejectedRecord(
-                    index, None if property_id is None else str(property_id)[:256], str(reason), _raw_text(raw)
-                )
-            )
-            continue
-        earlier = first_index.get(record.property_id)
-        if earlier is not None:
-            rejected.append(
-                RejectedRecord(
-                    index, record.property_id, f"duplicate id in the file (first at index {earlier})", record.raw_json
-                )
-            )
-            continue
-        first_index[record.property_id] = index
-        records.append(record)
-    return ParsedPayload(records, rejected)
+    return PayloadPage(data)
+
+
+def parse_payload(body: bytes) -> ParsedPayload:
+    """Parse one API page; valid records in order, in-file duplicate ids and contract breaches rejected."""
+    page = read_page(body)
+    records = list(page.records())
+    return ParsedPayload(records, page.rejected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -129,6 +130,27 @@ def _convert(kind: str, value: Any, label: str) -> Any:
     raise AssertionError(f"unknown field kind {kind}")
 
 
+# Values taken exactly as parsed, per kind: (the one type that needs no conversion, its range check or None).
+# Anything else goes through `_convert`, which converts it (3.0 → 3, 2 → 2.0, dates) or rejects it with a reason.
+_AS_PARSED: dict[str, tuple[type | None, Callable[[Any], object] | None]] = {
+    "text": (str, None),
+    "int64": (int, lambda value: INT64[0] <= value <= INT64[1]),
+    "int32": (int, lambda value: INT32[0] <= value <= INT32[1]),
+    "number": (float, lambda value: -1e15 <= value <= 1e15),
+    "lat": (float, lambda value: -90.0 <= value <= 90.0),
+    "lon": (float, lambda value: -180.0 <= value <= 180.0),
+    "bool": (bool, None),
+    "date": (None, None),  # always converted to a date
+    "state": (str, STATE_RE.fullmatch),
+    "zip": (str, ZIP_RE.fullmatch),
+}
+# (key, key inside the nested object or None, kind, label, type taken as parsed, range check), in COLUMNS order.
+_PLAN = tuple(
+    (path[0], path[1] if len(path) == 2 else None, kind, ".".join(path), *_AS_PARSED[kind])
+    for _column, path, kind in FIELDS
+)
+
+
 def property_id_of(record: Any) -> str:
     """The record's id as text (integer ids as their decimal text); RecordRejected when missing or malformed."""
     if not isinstance(record, dict):
@@ -158,12 +180,21 @@ def validate_record(record: Any) -> PropertyRecord:
         if value is not None and not isinstance(value, dict):
             raise RecordRejected(f"{nested} must be an object, got {type(value).__name__}")
     values: list[Any] = []
-    for _column, path, kind in FIELDS:
-        value = record.get(path[0])
-        if len(path) == 2 and value is not None:
-            value = value.get(path[1])
-        values.append(None if value is None else _convert(kind, value, ".".join(path)))
-    raw_json = orjson.dumps(record).decode()
+    append = values.append
+    get = record.get
+    for key, subkey, kind, label, exact_type, in_range in _PLAN:
+        value = get(key)
+        if subkey is not None and value is not None:
+            value = value.get(subkey)
+        # The common case (null, or already the right type and in range) costs a type check, not a call.
+        if value is None or (type(value) is exact_type and (in_range is None or in_range(value))):
+            append(value)
+        else:
+            append(_convert(kind, value, label))
+    try:
+        raw_json = orjson.dumps(record).decode()
+    except TypeError as error:  # orjson.JSONEncodeError: nested deeper than orjson writes (254 levels)
+        raise RecordRejected(f"record cannot be stored as JSON: {error}") from None
     # PostgreSQL text and jsonb cannot hold U+0000; refuse it on every database alike.
     if "\\u0000" in raw_json:
         raise RecordRejected("record holds a NUL character (\\u0000), which the database cannot store")

@@ -14,10 +14,12 @@ PROCESSED_DIR = "processed"
 ARCHIVE_DIR = "archive"
 
 CAMPAIGN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-MONTH_RE = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
+# re.ASCII: \d would also match other scripts' digits (e.g. "٢٠٢٦-11"), which int() and strptime accept.
+MONTH_RE = re.compile(r"(\d{4})-(0[1-9]|1[0-2])", re.ASCII)
 PAYLOAD_NAME_RE = re.compile(
     r"(?P<campaign>[A-Za-z0-9_-]{1,64})_batch(?P<batch>\d{1,9})_"
-    r"(?P<ts>\d{8}T\d{6}(?:\d{6})?Z)\.json"
+    r"(?P<ts>\d{8}T\d{6}(?:\d{6})?Z)\.json",
+    re.ASCII,
 )
 
 

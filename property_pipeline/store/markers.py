@@ -7,40 +7,58 @@ The database is the authority; these markers follow it after each commit and
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.layout import PayloadPathError, PayloadRoot, parse_payload_name, validate_month
+
+log = logging.getLogger(__name__)
 
 
-def _marker(folder: Path, relative_path: str) -> Path:
-    month, name = relative_path.split("/")
-    return folder / month / name
+def _markers(root: PayloadRoot, relative_path: str) -> tuple[Path, Path] | None:
+    """(pending, processed) marker paths; None for a path that is not `YYYY-MM/<payload name>`.
+
+    The status table is the authority: a row with any other path (a buggy or hostile registrar)
+    gets no marker, so a marker can never be written outside its folder and never stops a run.
+    """
+    month, _, name = relative_path.partition("/")
+    try:
+        validate_month(month)
+        parse_payload_name(name)
+    except PayloadPathError as error:
+        log.warning("no marker for %r: %s", relative_path, error)
+        return None
+    return root.pending / month / name, root.processed / month / name
 
 
 def mark_pending(root: PayloadRoot, relative_path: str) -> None:
     """Create the empty `pending/YYYY-MM/<name>` marker and drop any `processed/` one."""
-    marker = _marker(root.pending, relative_path)
+    if (paths := _markers(root, relative_path)) is None:
+        return
+    marker, processed = paths
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
-    _marker(root.processed, relative_path).unlink(missing_ok=True)
+    processed.unlink(missing_ok=True)
 
 
 def mark_processed(root: PayloadRoot, relative_path: str, summary: dict[str, object]) -> None:
     """Write `processed/YYYY-MM/<name>` with the outcome and drop the `pending/` marker."""
-    marker = _marker(root.processed, relative_path)
+    if (paths := _markers(root, relative_path)) is None:
+        return
+    pending, marker = paths
     marker.parent.mkdir(parents=True, exist_ok=True)
     temporary = marker.with_name(f".{marker.name}.tmp")
     temporary.write_text(json.dumps(summary, sort_keys=True, default=str))
     os.replace(temporary, marker)
-    _marker(root.pending, relative_path).unlink(missing_ok=True)
+    pending.unlink(missing_ok=True)
 
 
 def clear_markers(root: PayloadRoot, relative_path: str) -> None:
     """Remove both markers of a file (retention deleted it)."""
-    _marker(root.pending, relative_path).unlink(missing_ok=True)
-    _marker(root.processed, relative_path).unlink(missing_ok=True)
+    for marker in _markers(root, relative_path) or ():
+        marker.unlink(missing_ok=True)
 
 
 def processing_copy(root: PayloadRoot, file_id: int, source: Path) -> Path:
@@ -60,8 +78,9 @@ def reconcile_markers(root: PayloadRoot, states: dict[str, str]) -> int:
     """Rebuild the marker folders from `{relative_path: status}`; returns how many markers changed."""
     changed = 0
     for relative_path, status in states.items():
-        pending = _marker(root.pending, relative_path)
-        processed = _marker(root.processed, relative_path)
+        if (paths := _markers(root, relative_path)) is None:
+            continue
+        pending, processed = paths
         if status in {"PENDING", "PROCESSING"}:
             if not pending.exists() or processed.exists():
                 mark_pending(root, relative_path)
@@ -80,7 +99,7 @@ def reconcile_markers(root: PayloadRoot, states: dict[str, str]) -> int:
                 changed += 1
     # Copies left in processing/ by a crashed processor are never needed (the original is
     # intact); copies of files that are PROCESSING right now belong to a live processor.
-    in_flight = {path.split("/")[1] for path, status in states.items() if status == "PROCESSING"}
+    in_flight = {path.rpartition("/")[2] for path, status in states.items() if status == "PROCESSING"}
     if root.processing.exists():
         for leftover in root.processing.iterdir():
             if leftover.name.partition("_")[2] not in in_flight:

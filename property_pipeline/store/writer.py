@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -69,8 +70,12 @@ def write_payload(
             raise FileExistsError(f"{final} already exists; payload files are never overwritten")
         os.rename(temporary, final)
         _fsync_dir(folder)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
+    except BaseException as error:
+        with contextlib.suppress(OSError):  # a full or read-only disk may refuse the clean-up too: keep the cause
+            temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None:
+            # Name the payload file (not the hidden temporary) so the message says what could not be written.
+            raise OSError(error.errno, f"{error.strerror} while writing payload file", str(final)) from error
         raise
     return StoredPayload(
         path=final,

@@ -1,0 +1,145 @@
+"""Migration 0004 (raw record as lz4-compressed `json` on PostgreSQL) carries an existing database along.
+
+A database at 0003 with properties loaded as jsonb is upgraded: every row and its raw record stay,
+rewritten rows are lz4-compressed, the pipeline then loads and upserts into it; downgrading gives
+jsonb back with the data, and upgrading again works.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import orjson
+import pytest
+from sqlalchemy import Engine, create_engine, select, text
+
+from property_pipeline.db.engine import create_db_engine, current_revision, downgrade, head_revision, upgrade
+from property_pipeline.db.schema import properties
+from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.registration import register_unregistered
+from property_pipeline.store.layout import PayloadRoot
+from property_pipeline_tests.conftest import PG_ADMIN_URL
+from property_pipeline_tests.factories import BASE_TIME, make_record, write_page
+
+BEFORE = "0003_alerts"
+LONG_TEXT = "LOT 12 BLK 4 " * 300  # a raw record big enough to be compressed
+
+
+@pytest.fixture
+def pg_engine(postgres_url: str) -> Iterator[Engine]:
+    """A database of its own (this test migrates down and up), on the server the session's tests use."""
+    name = f"pp_test_migration_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = create_db_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _raw_column(engine: Engine) -> tuple[str, str]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT format_type(atttypid, atttypmod), attcompression FROM pg_attribute "
+                "WHERE attrelid = 'properties'::regclass AND attname = 'raw'"
+            )
+        ).one()
+    return row[0], row[1]
+
+
+def _server_has_lz4(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        values = conn.execute(
+            text("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
+        ).scalar()
+    return values is not None and "lz4" in values
+
+
+def _load_as_before(engine: Engine, records: list[dict]) -> None:  # type: ignore[type-arg]
+    """Rows as the loader of revision 0003 wrote them: raw as jsonb."""
+    with engine.begin() as conn:
+        for record in records:
+            conn.execute(
+                text(
+                    "INSERT INTO properties (property_id, city, raw, source_file_id, campaign_id, captured_at, "
+                    "first_seen_at, last_seen_at) VALUES (:id, :city, CAST(:raw AS jsonb), 1, 'old', :at, :at, :at)"
+                ),
+                {"id": str(record["id"]), "city": "Austin", "raw": orjson.dumps(record).decode(), "at": BASE_TIME},
+            )
+
+
+def test_migration_0004_keeps_existing_properties_and_the_pipeline_loads_into_the_result(
+    pg_engine: Engine, root: PayloadRoot
+) -> None:
+    upgrade(pg_engine, BEFORE)
+    assert _raw_column(pg_engine)[0] == "jsonb"
+    old = [make_record(f"old-{i}", legalDescription=LONG_TEXT) for i in range(3)]
+    _load_as_before(pg_engine, old)
+
+    upgrade(pg_engine)
+    assert current_revision(pg_engine) == head_revision()
+    raw_type, compression = _raw_column(pg_engine)
+    assert raw_type == "json"
+    lz4 = _server_has_lz4(pg_engine)
+    assert compression == ("l" if lz4 else "")
+    with pg_engine.connect() as conn:
+        stored = {row.property_id: row.raw for row in conn.execute(select(properties.c.property_id, properties.c.raw))}
+        methods = set(conn.execute(text("SELECT pg_column_compression(raw) FROM properties")).scalars())
+        cities = set(conn.execute(text("SELECT raw -> 'address' ->> 'city' FROM properties")).scalars())
+    assert stored == {f"old-{i}": record for i, record in enumerate(old)}
+    assert cities == {"Austin"}  # the json operators work on the migrated column
+    if lz4:
+        assert methods == {"lz4"}  # the rewrite compressed the existing rows with lz4 too
+
+    # The pipeline loads into the migrated table: a newer capture of old-1 replaces it, new ones are added.
+    newer = make_record("old-1", legalDescription=LONG_TEXT, address={"city": "Houston", "state": "TX", "zip": "77002"})
+    write_page(root, [newer, make_record("new-1")], batch=1, captured_at=BASE_TIME + timedelta(days=1))
+    register_unregistered(pg_engine, root, "test")
+    assert PayloadProcessor(pg_engine, root).run().completed == 1
+    with pg_engine.connect() as conn:
+        rows = {row.property_id: row for row in conn.execute(select(properties))}
+        new_methods = set(
+            conn.execute(
+                text("SELECT pg_column_compression(raw) FROM properties WHERE property_id = 'old-1'")
+            ).scalars()
+        )
+    assert set(rows) == {"old-0", "old-1", "old-2", "new-1"}
+    assert rows["old-1"].city == "Houston" and rows["old-1"].raw["address"]["city"] == "Houston"
+    assert rows["old-0"].raw == old[0]
+    if lz4:
+        assert new_methods == {"lz4"}
+
+    assert downgrade(pg_engine, BEFORE) == (head_revision(), BEFORE)  # back to jsonb, nothing lost
+    assert _raw_column(pg_engine)[0] == "jsonb"
+    with pg_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM properties")).scalar() == 4
+        assert conn.execute(text("SELECT raw ->> 'id' FROM properties WHERE property_id = 'new-1'")).scalar() == "new-1"
+    upgrade(pg_engine)
+    assert _raw_column(pg_engine)[0] == "json"
+
+
+def test_migration_0004_changes_nothing_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'pipeline.db'}")
+    try:
+        upgrade(engine, BEFORE)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO properties (property_id, raw, source_file_id, campaign_id, captured_at, "
+                    "first_seen_at, last_seen_at) VALUES ('a', '{\"id\": \"a\"}', 1, 'c', '2026-11-02 08:00:00', "
+                    "'2026-11-02 08:00:00', '2026-11-02 08:00:00')"
+                )
+            )
+        upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(select(properties.c.raw)).scalar() == {"id": "a"}
+    finally:
+        engine.dispose()
