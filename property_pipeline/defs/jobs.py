@@ -1,0 +1,31 @@
+"""Jobs: capture a month (the schedule's target) and process a month (by hand, a backfill, or the sensor)."""
+
+import dagster as dg
+
+from property_pipeline.defs.properties import properties
+from property_pipeline.defs.raw_payloads import raw_property_payloads
+
+# Selecting an asset selects its checks too: each run checks the month it touched.
+capture_job = dg.define_asset_job(
+    "capture_payloads",
+    selection=dg.AssetSelection.assets(raw_property_payloads),
+    description="Capture every enabled campaign into the current month, then register and report what is on disk.",
+)
+
+processing_job = dg.define_asset_job(
+    "process_payloads",
+    selection=dg.AssetSelection.assets(properties),
+    description="Load a month's PENDING payload files (and FAILED ones with include_failed: true). Never runs "
+    "on its own: launch it by hand, by a backfill, or let the registration sensor request it.",
+)
+
+# The same asset with `include_failed` preset: a backfill of this job over a range of months retries
+# their FAILED files and loads their PENDING ones. `dagster job backfill` takes no run config, so the
+# preset is what makes it usable from the command line.
+retry_failed_months_job = dg.define_asset_job(
+    "retry_failed_months",
+    selection=dg.AssetSelection.assets(properties),
+    config={"ops": {"properties": {"config": {"include_failed": True}}}},
+    description="Load a month's PENDING files and retry its FAILED ones. Backfill it over the failed months: "
+    "`dagster job backfill -w workspace.yaml -j retry_failed_months --from 2026-01 --to 2026-11 --noprompt`.",
+)

@@ -1,0 +1,127 @@
+"""Resources: the core's payload store, database, API client and campaigns file, configured from the environment.
+
+Secrets never become plain config: the database URL and the API key are passed as `dg.EnvVar`, so
+the UI shows the variable's name, never its value. Settings without a secret fall back to the
+defaults of `property_pipeline.settings`, so a fresh clone runs with no variable set.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+from sqlalchemy import Engine
+
+from property_pipeline.api.client import PropertySearchClient
+from property_pipeline.capture import Campaign, load_campaigns
+from property_pipeline.db.engine import create_db_engine, ensure_schema
+from property_pipeline.settings import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_RETENTION_MONTHS,
+    Settings,
+)
+from property_pipeline.store.layout import PayloadRoot
+
+
+class PayloadStore(dg.ConfigurableResource):
+    """The data root: `property_payloads/YYYY-MM/` and the marker folders."""
+
+    logs_dir: str = Field(description="Data root (PROPERTY_PIPELINE_LOGS_DIR); relative paths are from the cwd.")
+    max_payload_bytes: int = Field(
+        default=DEFAULT_MAX_PAYLOAD_BYTES,
+        description="Largest payload file that is read; larger ones FAIL unread (PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES).",
+    )
+
+    def root(self) -> PayloadRoot:
+        """The payload root with its folders created."""
+        root = PayloadRoot(Path(self.logs_dir))
+        root.ensure_folders()
+        return root
+
+
+class PipelineDatabase(dg.ConfigurableResource):
+    """The pipeline's database (status table, properties), with the schema checked when a run or tick starts."""
+
+    url: str = Field(description="SQLAlchemy URL (PROPERTY_PIPELINE_DB_URL).")
+    lease_seconds: int = Field(
+        default=DEFAULT_LEASE_SECONDS, description="How long a PROCESSING claim stays valid without a heartbeat."
+    )
+    _engine: Engine | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        engine = create_db_engine(self.url)
+        ensure_schema(engine)
+        self._engine = engine
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("PipelineDatabase is used outside a run or tick; Dagster sets it up for one")
+        return self._engine
+
+
+class PropertyApi(dg.ConfigurableResource):
+    """The property-search API that capture reads from."""
+
+    base_url: str = Field(description="API root (PROPERTY_API_BASE_URL).")
+    api_key: str | None = Field(default=None, description="Sent as x-api-key (PROPERTY_API_KEY).")
+    page_size: int = Field(default=DEFAULT_PAGE_SIZE, description="Records per page (PROPERTY_API_PAGE_SIZE).")
+
+    def client(self) -> PropertySearchClient:
+        """A new client; use it as a context manager."""
+        return PropertySearchClient(self.base_url, self.api_key, page_size=self.page_size)
+
+
+class CampaignCatalog(dg.ConfigurableResource):
+    """The campaigns file that says what capture fetches."""
+
+    path: str = Field(description="campaigns.yaml (PROPERTY_PIPELINE_CAMPAIGNS_FILE).")
+
+    def enabled(self) -> list[Campaign]:
+        """The enabled campaigns, in file order."""
+        return [campaign for campaign in load_campaigns(Path(self.path)) if campaign.enabled]
+
+
+class RetentionPolicy(dg.ConfigurableResource):
+    """How many months of payload files stay on disk, and whether older ones are archived before deletion."""
+
+    keep_months: int = Field(
+        default=DEFAULT_RETENTION_MONTHS,
+        ge=1,
+        description="Months kept, the current one included (PROPERTY_PIPELINE_RETENTION_MONTHS).",
+    )
+    archive: bool = Field(default=True, description="Archive and verify before deleting (PROPERTY_PIPELINE_ARCHIVE).")
+
+
+def _env_or(name: str, default: str | None) -> str | None:
+    """`dg.EnvVar(name)` when the variable is set (resolved in the run, hidden in the UI), else the default."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def pipeline_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """The resources every asset, check, sensor and job of the project uses, keyed by the names they ask for."""
+    return {
+        "payload_store": PayloadStore(
+            logs_dir=_env_or("PROPERTY_PIPELINE_LOGS_DIR", str(settings.logs_dir)),
+            max_payload_bytes=settings.max_payload_bytes,
+        ),
+        "database": PipelineDatabase(
+            url=_env_or("PROPERTY_PIPELINE_DB_URL", settings.db_url), lease_seconds=settings.lease_seconds
+        ),
+        "property_api": PropertyApi(
+            base_url=settings.api_base_url,
+            api_key=_env_or("PROPERTY_API_KEY", None),
+            page_size=settings.page_size,
+        ),
+        "campaigns": CampaignCatalog(path=str(settings.campaigns_file)),
+        "retention_policy": RetentionPolicy(keep_months=settings.retention_months, archive=settings.archive_enabled),
+    }

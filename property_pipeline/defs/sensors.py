@@ -1,0 +1,139 @@
+"""The registration sensor: payload files that other systems drop into the month folders become PENDING.
+
+Cursor: one number, `{"ctime_ns": ...}`, the inode-change-time watermark of the last file handled.
+A file copied in keeps whatever modification time it had, but its ctime is when it appeared, so
+old-looking copies are still found; month folders whose mtime is older than the watermark are not
+even listed. The database, not the cursor, records what is registered: files at the watermark are
+re-checked against it, never registered twice. Each tick registers at most `max_files_per_tick`
+files and continues from the cursor on the next tick.
+
+For each month that got files the sensor reports an AssetMaterialization of `raw_property_payloads`
+rather than an observation: the partition's contents did change (new registered files), so a month
+fed only by other systems shows as materialized, and `properties` of that month shows newer upstream
+data, which is exactly the hint that it needs processing.
+"""
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from property_pipeline.defs.jobs import processing_job
+from property_pipeline.defs.partitions import is_partition
+from property_pipeline.defs.properties import properties
+from property_pipeline.defs.raw_payloads import month_metadata, raw_property_payloads
+from property_pipeline.defs.resources import PayloadStore, PipelineDatabase
+from property_pipeline.registration import RegistrationReport, register_paths, scan_new_files
+from property_pipeline.settings import DEFAULT_SENSOR_MAX_FILES
+
+SENSOR_NAME = "payload_registration_sensor"
+SETTLE_SECONDS = 5.0  # a file changed more recently may still be being copied in: wait for the next tick
+NOT_STARTED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING]
+
+
+@dataclass(frozen=True)
+class RegistrationCursor:
+    """Where the next tick starts: files whose inode changed at or after `ctime_ns`."""
+
+    ctime_ns: int = 0
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "RegistrationCursor":
+        return cls(int(json.loads(raw)["ctime_ns"])) if raw else cls()
+
+    def dump(self) -> str:
+        return json.dumps({"ctime_ns": self.ctime_ns})
+
+
+def build_registration_sensor(
+    *,
+    auto_process: bool = False,
+    max_files_per_tick: int = DEFAULT_SENSOR_MAX_FILES,
+    settle_seconds: float = SETTLE_SECONDS,
+    minimum_interval_seconds: int = 30,
+) -> dg.SensorDefinition:
+    """The registration sensor; with `auto_process` it also requests a processing run per month that got files."""
+
+    @dg.sensor(
+        name=SENSOR_NAME,
+        target=processing_job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            f"Registers new payload files as PENDING, at most {max_files_per_tick} per tick. Processing runs "
+            f"requested: {'yes' if auto_process else 'no (set PROPERTY_PIPELINE_SENSOR_AUTO_PROCESS=true)'}."
+        ),
+    )
+    def payload_registration_sensor(
+        context: dg.SensorEvaluationContext, payload_store: PayloadStore, database: PipelineDatabase
+    ) -> dg.SensorResult:
+        started = time.monotonic()
+        cursor = RegistrationCursor.parse(context.cursor)
+        root, engine = payload_store.root(), database.engine
+        scan = scan_new_files(
+            engine,
+            root,
+            cursor.ctime_ns,
+            max_files=max_files_per_tick,
+            settled_before_ns=time.time_ns() - int(settle_seconds * 1e9),
+        )
+        report = register_paths(
+            engine,
+            root,
+            scan.paths,
+            f"dagster-sensor:{SENSOR_NAME}",
+            max_payload_bytes=payload_store.max_payload_bytes,
+        )
+        for path, reason in report.skipped:
+            context.log.warning(f"not registered: {path}: {reason}")
+        by_month = _split_by_month(report)
+        events = [
+            dg.AssetMaterialization(
+                asset_key=raw_property_payloads.key, partition=month, metadata=month_metadata(engine, month, [], part)
+            )
+            for month, part in by_month.items()
+            if (part.registered or part.duplicates) and is_partition(month)
+        ]
+        requests = []
+        if auto_process:
+            requests = [
+                dg.RunRequest(partition_key=month, tags={"property_pipeline/requested_by": SENSOR_NAME})
+                for month, part in by_month.items()
+                if part.registered and is_partition(month) and not _processing_waiting(context.instance, month)
+            ]
+        context.log.info(
+            f"{len(report.registered)} registered, {len(report.duplicates)} duplicates, {len(report.skipped)} "
+            f"skipped; {scan.folders_listed} month folders listed in {time.monotonic() - started:.2f}s"
+            + ("; more next tick" if scan.more else "")
+        )
+        skip = None if scan.paths else "no new payload files"
+        return dg.SensorResult(
+            run_requests=requests,
+            asset_events=events,
+            cursor=RegistrationCursor(scan.watermark_ns).dump(),
+            skip_reason=skip,
+        )
+
+    return payload_registration_sensor
+
+
+def _split_by_month(report: RegistrationReport) -> dict[str, RegistrationReport]:
+    by_month: dict[str, RegistrationReport] = defaultdict(RegistrationReport)
+    for registration in report.registered:
+        by_month[registration.file_path.split("/")[0]].registered.append(registration)
+    for registration in report.duplicates:
+        by_month[registration.file_path.split("/")[0]].duplicates.append(registration)
+    for path, reason in report.skipped:
+        by_month[Path(path).parent.name].skipped.append((path, reason))
+    return dict(sorted(by_month.items()))
+
+
+def _processing_waiting(instance: dg.DagsterInstance, month: str) -> bool:
+    """A run of the month that will process `properties` and has not started yet: it loads the new files too."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(statuses=NOT_STARTED, tags={"dagster/partition": month}), limit=50
+    )
+    return any(properties.key in (record.dagster_run.asset_selection or ()) for record in records)
