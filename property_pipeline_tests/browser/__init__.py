@@ -1,0 +1,1 @@
+"""Tests that drive the Dagster UI in headless Chromium."""
