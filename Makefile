@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench bench-quick test-faults dagster clean-data
+.PHONY: demo test lint format bench bench-quick test-faults dagster dagster-postgres clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,19 @@ test: $(STAMP)
 test-faults: $(STAMP)
 	$(BIN)/pytest -m faults $(PYTEST_ARGS)
 
+# Benchmarks of issue 6 (see docs/performance.md): every target, 3 repeats, about 40 minutes on 2 cores.
+# dlt, a baseline, comes from the optional `bench` extra. Results: benchmarks/results/*.json.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks
+
+# CI smoke of the same machinery at tiny sizes: checks it runs and the exactly-once result, no timing goals.
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks --quick
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[bench]'
+	touch $(BENCH_STAMP)
+
 lint: $(STAMP)
 	$(BIN)/ruff check property_pipeline property_pipeline_tests
 
@@ -32,6 +46,11 @@ format: $(STAMP)
 
 dagster: $(STAMP)
 	mkdir -p dagster_home && DAGSTER_HOME=$(CURDIR)/dagster_home $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The same UI on PostgreSQL instance storage: set DAGSTER_PG_HOST/PORT/USER/PASSWORD/DB first (dagster_home/README.md).
+dagster-postgres: $(STAMP)
+	mkdir -p dagster_home/postgres && cp dagster_home/dagster.postgres.yaml dagster_home/postgres/dagster.yaml
+	DAGSTER_HOME=$(CURDIR)/dagster_home/postgres $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean-data:
 	rm -rf logs/property_payloads logs/pending logs/processing logs/processed logs/archive property_pipeline.db*

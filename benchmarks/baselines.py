@@ -1,0 +1,242 @@
+"""The baselines, each run in its own child process: `python -m benchmarks.baselines <name> '<json arguments>'`.
+
+Each prints one JSON object (`seconds` measured inside, around the work only, plus counts). They read
+the same payload files the pipeline processes and do the least work that still loads the same rows:
+no validation, no status table, no exactly-once. That is what makes them floors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks.data import Dataset
+from property_pipeline.processing.records import COLUMNS, FIELDS
+from property_pipeline.store.layout import parse_payload_name
+
+# (key, key inside a nested object or None, is the date column) in the column order of `properties`.
+_PATHS = tuple((path[0], path[1] if len(path) == 2 else None, kind == "date") for _column, path, kind in FIELDS)
+CAMPAIGN = "bench"
+# As in `properties` (and the loader); spelled out so that a baseline process imports no SQLAlchemy: a
+# bigger heap would make its garbage collector slower and the baseline weaker than it is.
+ALL_COLUMNS = (
+    "property_id",
+    *COLUMNS,
+    "raw",
+    "source_file_id",
+    "campaign_id",
+    "captured_at",
+    "first_seen_at",
+    "last_seen_at",
+)
+_PG_TYPES = {
+    "int32": "int4",
+    "int64": "int8",
+    "number": "float8",
+    "lat": "float8",
+    "lon": "float8",
+    "bool": "bool",
+    "date": "date",
+}
+# Binary COPY needs each column's exact type; "raw" depends on the table (jsonb or json).
+_COPY_TYPES = (
+    "text",
+    *(_PG_TYPES.get(kind, "text") for _column, _path, kind in FIELDS),
+    "raw",
+    "int8",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
+)
+
+
+def _values(record: dict[str, Any], *, dates_as_text: bool) -> list[Any]:
+    """The typed columns straight from the record (no checks: the benchmark records are valid)."""
+    values = []
+    for key, subkey, is_date in _PATHS:
+        value = record.get(key)
+        if subkey is not None and value is not None:
+            value = value.get(subkey)
+        if is_date and value is not None and not dates_as_text:
+            value = date.fromisoformat(value)
+        values.append(value)
+    return values
+
+
+def _files(arguments: dict[str, Any]) -> list[Path]:
+    return list(Dataset.from_argument(arguments["data"]).paths())
+
+
+def _records(paths: list[Path]) -> Iterator[tuple[int, Any, dict[str, Any]]]:
+    """(file number, capture time, record) for every record of every file, reading each file once."""
+    for number, path in enumerate(paths, start=1):
+        captured_at = parse_payload_name(path.name).captured_at
+        for record in orjson.loads(path.read_bytes())["data"]:
+            yield number, captured_at, record
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
+def copy_into_table(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Plain COPY of every record into an empty table shaped like `properties`: one stream, one transaction.
+
+    `raw_type` and `compression` say how the table keeps the raw record: `jsonb` with the server's
+    default compression is `properties` as it was before migration 0004. Binary COPY with the column
+    types set, like the loader: the strongest plain COPY from Python.
+    """
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    table, raw_type, compression = arguments["table"], arguments["raw_type"], arguments["compression"]
+    types = [("jsonb" if raw_type == "jsonb" else "text") if kind == "raw" else kind for kind in _COPY_TYPES]
+    with psycopg.connect(arguments["db_url"]) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(f"CREATE TABLE {table} (LIKE properties INCLUDING ALL)")
+        conn.execute(f"ALTER TABLE {table} ALTER COLUMN raw TYPE {raw_type} USING raw::{raw_type}")
+        conn.execute(f"ALTER TABLE {table} ALTER COLUMN raw SET COMPRESSION {compression}")
+        conn.commit()
+        conn.execute("CHECKPOINT")
+        conn.commit()
+        started = time.perf_counter()
+        rows = 0
+        statement = f"COPY {table} ({', '.join(ALL_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+        with conn.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types(types)
+            for number, captured_at, record in _records(_files(arguments)):
+                text = orjson.dumps(record).decode()
+                raw = Jsonb(text, dumps=_as_is) if raw_type == "jsonb" else text
+                lineage = (number, CAMPAIGN, captured_at, captured_at, captured_at)
+                copy.write_row((str(record["id"]), *_values(record, dates_as_text=False), raw, *lineage))
+                rows += 1
+        conn.commit()
+        seconds = time.perf_counter() - started
+        stored = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+        method = conn.execute(f"SELECT pg_column_compression(raw) FROM {table} LIMIT 1").fetchone()
+        conn.execute(f"DROP TABLE {table}")
+        conn.commit()
+    return {"seconds": seconds, "rows": rows, "stored": stored, "compression": method[0] if method else None}
+
+
+def dlt_merge(arguments: dict[str, Any]) -> dict[str, Any]:
+    """dlt 1.31 with its defaults, `merge` on the primary key, into the same PostgreSQL server."""
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+    import dlt  # the optional `bench` extra
+    import psycopg
+    from sqlalchemy import make_url
+
+    paths = _files(arguments)
+
+    @dlt.resource(name="properties", write_disposition="merge", primary_key="id")
+    def properties() -> Iterator[dict[str, Any]]:
+        for path in paths:
+            for record in orjson.loads(path.read_bytes())["data"]:
+                record["id"] = str(record["id"])  # the API mixes integer and text ids; the key must be one type
+                yield record
+
+    credentials = make_url(arguments["db_url"])
+    if credentials.password is None:  # dlt insists on one; a server with trust authentication ignores it
+        credentials = credentials.set(password="unused")
+    pipeline = dlt.pipeline(
+        pipeline_name=f"bench_{os.getpid()}",
+        destination=dlt.destinations.postgres(credentials=credentials.render_as_string(hide_password=False)),
+        dataset_name="dlt_bench",
+        pipelines_dir=arguments["work_dir"],
+    )
+    started = time.perf_counter()
+    pipeline.run(properties())
+    seconds = time.perf_counter() - started
+    with psycopg.connect(arguments["db_url"]) as conn:
+        stored = conn.execute("SELECT count(*) FROM dlt_bench.properties").fetchone()[0]  # type: ignore[index]
+    return {"seconds": seconds, "stored": stored, "dlt": dlt.__version__}
+
+
+def sqlite_executemany(arguments: dict[str, Any]) -> dict[str, Any]:
+    """One transaction, one `executemany` INSERT of every row into an identical (freshly migrated) SQLite table."""
+    connection = sqlite3.connect(arguments["db_path"], isolation_level=None)
+    # The connection settings create_db_engine gives the pipeline.
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=20000", "foreign_keys=ON"):
+        connection.execute(f"PRAGMA {pragma}")
+    statement = f"INSERT INTO properties ({', '.join(ALL_COLUMNS)}) VALUES ({', '.join('?' for _ in ALL_COLUMNS)})"
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        for number, captured_at, record in _records(_files(arguments)):
+            moment = captured_at.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+            yield (
+                str(record["id"]),
+                *_values(record, dates_as_text=True),
+                orjson.dumps(record).decode(),
+                number,
+                CAMPAIGN,
+                moment,
+                moment,
+                moment,
+            )
+
+    started = time.perf_counter()
+    connection.execute("BEGIN")
+    connection.executemany(statement, rows())
+    connection.execute("COMMIT")
+    seconds = time.perf_counter() - started
+    stored = connection.execute("SELECT count(*) FROM properties").fetchone()[0]
+    connection.close()
+    return {"seconds": seconds, "stored": stored}
+
+
+def hash_and_parse(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Read each file, SHA-256 it and parse it with orjson: the least registration can do."""
+    started = time.perf_counter()
+    records = 0
+    for path in _files(arguments):
+        body = path.read_bytes()
+        hashlib.sha256(body).hexdigest()
+        records += len(orjson.loads(body)["data"])
+    return {"seconds": time.perf_counter() - started, "records": records}
+
+
+def bare_fetch(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Fetch the pages with one HTTP session and write each to a file with fsync: the least capture can do."""
+    import requests
+
+    folder = Path(arguments["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    url = arguments["base_url"] + "/v2/PropertySearch"
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    started = time.perf_counter()
+    written = 0
+    with requests.Session() as session:
+        for page in range(arguments["pages"]):
+            body = orjson.dumps({**arguments["criteria"], "size": 400, "resultIndex": page * 400})
+            response = session.post(url, data=body, headers=headers, timeout=(5, 60))
+            response.raise_for_status()
+            with open(folder / f"page{page}.json", "wb") as handle:
+                handle.write(response.content)
+                handle.flush()
+                os.fsync(handle.fileno())
+            written += len(response.content)
+    return {"seconds": time.perf_counter() - started, "pages": arguments["pages"], "bytes": written}
+
+
+BASELINES = {
+    "copy": copy_into_table,
+    "dlt_merge": dlt_merge,
+    "sqlite_executemany": sqlite_executemany,
+    "hash_and_parse": hash_and_parse,
+    "bare_fetch": bare_fetch,
+}
+
+if __name__ == "__main__":
+    name, raw_arguments = sys.argv[1], sys.argv[2]
+    print(json.dumps(BASELINES[name](json.loads(raw_arguments))))

@@ -1,0 +1,163 @@
+"""Target 1: `property-pipeline process` on PostgreSQL against a plain COPY and dlt's merge of the same files.
+
+Goals (issue 6): processing at least 1.0x a plain COPY of the same records into an identical empty
+table, and at least 6x dlt's merge. Every method gets a new database; their order rotates per repeat.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.common import (
+    TargetResult,
+    checkpoint,
+    log,
+    python_child,
+    require_ok,
+    scratch_folder,
+    sizes_for,
+    throwaway_database,
+)
+from benchmarks.data import dataset
+from benchmarks.pipeline import exactly_once_problems, process_command, raw_compression, registered_backlog
+
+PROCESS = "process"
+PLAIN_COPY = "plain_copy"
+LZ4_COPY = "lz4_copy"
+SAME_TABLE_COPY = "same_table_copy"
+DLT = "dlt_merge"
+
+
+def run(mode: str) -> TargetResult:
+    sizes = sizes_for(mode)
+    data = dataset(sizes.files)
+    files = data.as_argument()
+    result = TargetResult(
+        "processing",
+        f"1. Processing on PostgreSQL, {data.records:,} records ({data.files} files)",
+        mode,
+        setup={"files": data.files, "records": data.records, "megabytes": round(data.size_bytes / 1e6, 1)},
+    )
+    dlt_installed = importlib.util.find_spec("dlt") is not None
+    if not dlt_installed:
+        result.notes.append(
+            "dlt is not installed: the dlt baseline was skipped. Install the optional extra: "
+            ".venv/bin/pip install -c requirements.lock -e '.[bench]'"
+        )
+    values: dict[str, list[float]] = defaultdict(list)
+    extras: dict[str, list[Any]] = defaultdict(list)
+
+    def process() -> float:
+        with throwaway_database("process") as url, scratch_folder("process") as logs:
+            registered_backlog(url, logs, data)
+            checkpoint(url)
+            _child, measured = process_command(url, logs)
+            problems = exactly_once_problems(url, data.files, data.records)
+            result.check(
+                f"exactly once after `process` (repeat {len(values[PROCESS]) + 1})", not problems, "; ".join(problems)
+            )
+            extras["process_wall_seconds"].append(round(measured.wall_seconds, 2))
+            extras["process_peak_rss_mb"].append(round(measured.peak_rss_mb, 1))
+            extras["raw_compression"].append(raw_compression(url))
+            return data.records / measured.seconds
+
+    def copy(raw_type: str, compression: str) -> Callable[[], float]:
+        def measure() -> float:
+            with throwaway_database("copy") as url:
+                arguments = {
+                    "db_url": url,
+                    "data": files,
+                    "table": "bench_copy",
+                    "raw_type": raw_type,
+                    "compression": compression,
+                }
+                child = python_child("benchmarks.baselines", "copy", json.dumps(arguments))
+                require_ok(child, f"COPY baseline ({raw_type}, {compression})")
+                measured = child.json()
+                result.check(
+                    f"COPY ({raw_type}, {compression}) stored every record",
+                    measured["stored"] == data.records,
+                    f"{measured['stored']} rows, compression {measured['compression']}",
+                )
+                extras[f"{raw_type}_{compression}_compression"].append(measured["compression"])
+                return data.records / measured["seconds"]
+
+        return measure
+
+    def dlt_merge() -> float:
+        with throwaway_database("dlt", migrate=False) as url, scratch_folder("dlt") as work:
+            arguments = {"db_url": url, "data": files, "work_dir": str(work)}
+            child = python_child("benchmarks.baselines", "dlt_merge", json.dumps(arguments))
+            require_ok(child, "dlt merge baseline")
+            measured = child.json()
+            result.check("dlt stored every record", measured["stored"] == data.records, f"{measured['stored']} rows")
+            extras["dlt_peak_rss_mb"].append(round(child.peak_rss_mb, 1))
+            return data.records / measured["seconds"]
+
+    methods: dict[str, Callable[[], float]] = {
+        PROCESS: process,
+        PLAIN_COPY: copy("jsonb", "default"),
+        LZ4_COPY: copy("jsonb", "lz4"),
+        SAME_TABLE_COPY: copy("json", "lz4"),
+    }
+    if dlt_installed:
+        methods[DLT] = dlt_merge
+    order = list(methods)
+    for repeat in range(sizes.repeats):
+        for name in order[repeat % len(order) :] + order[: repeat % len(order)]:  # rotate: no method always first
+            log(f"processing: repeat {repeat + 1}/{sizes.repeats}: {name}")
+            values[name].append(methods[name]())
+
+    result.method(
+        PROCESS,
+        "property-pipeline process (claim, verify, parse, validate, upsert, links, status; a transaction per file)",
+        "rows/s",
+        values[PROCESS],
+        wall_seconds=extras["process_wall_seconds"],
+        peak_rss_mb=extras["process_peak_rss_mb"],
+        raw_compression=extras["raw_compression"],
+    )
+    result.method(
+        PLAIN_COPY,
+        "plain COPY into an identical empty table, `properties` before migration 0004 "
+        "(raw jsonb, server default compression; not idempotent)",
+        "rows/s",
+        values[PLAIN_COPY],
+        compression=extras["jsonb_default_compression"],
+    )
+    result.method(
+        LZ4_COPY,
+        "reference: the same COPY with raw jsonb compressed by lz4",
+        "rows/s",
+        values[LZ4_COPY],
+    )
+    result.method(
+        SAME_TABLE_COPY,
+        "reference: COPY into a table like `properties` now (raw json, lz4)",
+        "rows/s",
+        values[SAME_TABLE_COPY],
+    )
+    result.ratio("process / plain COPY", _per_repeat(values[PROCESS], values[PLAIN_COPY]), 1.0)
+    if dlt_installed:
+        result.method(
+            DLT,
+            "dlt 1.31 merge on the primary key (defaults)",
+            "rows/s",
+            values[DLT],
+            peak_rss_mb=extras["dlt_peak_rss_mb"],
+        )
+        result.ratio("process / dlt merge", _per_repeat(values[PROCESS], values[DLT]), 6.0)
+    for name, label in ((LZ4_COPY, "jsonb lz4 COPY"), (SAME_TABLE_COPY, "COPY into a table like `properties` now")):
+        result.notes.append(
+            f"process / {label} (reference, no goal): "
+            + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[PROCESS], values[name]))
+        )
+    return result
+
+
+def _per_repeat(numerators: list[float], denominators: list[float]) -> list[float]:
+    return [numerator / denominator for numerator, denominator in zip(numerators, denominators, strict=True)]

@@ -1,0 +1,38 @@
+"""`python -m benchmarks --quick` (what `make bench-quick` runs) works end to end: every target runs in its own
+process, the exactly-once checks pass, and the results are written as JSON. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TARGETS = ["processing", "memory", "sqlite", "registration", "capture", "parallel"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_quick_benchmark_runs_every_target_and_writes_its_results(postgres_url: str, tmp_path: Path) -> None:
+    output = tmp_path / "quick.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--output", str(output)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1100,
+    )
+    assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    document = json.loads(output.read_text())
+    assert document["mode"] == "quick"
+    assert [result["target"] for result in document["results"]] == TARGETS
+    for result in document["results"]:
+        assert "error" not in result, result
+        assert result["checks"] and all(check["ok"] for check in result["checks"]), result["checks"]
+        assert result["ratios"], f"{result['target']} reported no ratio"
+        for method in result["methods"].values():
+            assert method["values"] and method["min"] <= method["median"] <= method["max"]
+    assert "| target / method |" in run.stdout and document["table"] in run.stdout
