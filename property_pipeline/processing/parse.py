@@ -57,6 +57,7 @@ class PayloadPage:
         self.data = data
         self.rejected: list[RejectedRecord] = []
         self.accepted = 0
+        self._ids: list[str | None] | None = None
 
     @property
     def properties_count(self) -> int:
@@ -64,13 +65,14 @@ class PayloadPage:
 
     def ids(self) -> list[str | None]:
         """Each record's id as it will be stored, or None where it has none usable (nothing else is checked)."""
-        ids: list[str | None] = []
-        for raw in self.data:
-            try:
-                ids.append(property_id_of(raw))
-            except RecordRejected:
-                ids.append(None)
-        return ids
+        if self._ids is None:
+            self._ids = []
+            for raw in self.data:
+                try:
+                    self._ids.append(property_id_of(raw))
+                except RecordRejected:
+                    self._ids.append(None)
+        return self._ids
 
     def records(self, *, by_id: bool = False) -> Iterator[PropertyRecord]:
         """The valid records, in file order or ordered by id; the first valid one of an id wins either way."""
