@@ -1,8 +1,9 @@
-"""Migration 0004 (raw record as lz4-compressed `json` on PostgreSQL) carries an existing database along.
+"""Migrations 0004 (raw record as lz4-compressed `json` on PostgreSQL) and 0005 (link rows without a
+foreign key) carry an existing database along.
 
-A database at 0003 with properties loaded as jsonb is upgraded: every row and its raw record stay,
-rewritten rows are lz4-compressed, the pipeline then loads and upserts into it; downgrading gives
-jsonb back with the data, and upgrading again works.
+A database at 0003 with properties loaded as jsonb and link rows is upgraded: every row, raw record
+and link stays, rewritten rows are lz4-compressed, the pipeline then loads and upserts into it;
+downgrading gives jsonb and the foreign key back with the data, and upgrading again works.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from datetime import timedelta
 
 import orjson
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, create_engine, inspect, select, text
 
 from property_pipeline.db.engine import create_db_engine, current_revision, downgrade, head_revision, upgrade
+from property_pipeline.db.queries import row_count_mismatches
 from property_pipeline.db.schema import properties
 from property_pipeline.processing.engine import PayloadProcessor
 from property_pipeline.registration import register_unregistered
@@ -24,6 +26,7 @@ from property_pipeline_tests.conftest import PG_ADMIN_URL
 from property_pipeline_tests.factories import BASE_TIME, make_record, write_page
 
 BEFORE = "0003_alerts"
+LINK_KEY = "fk_file_properties_file_id_batch_file_status"
 LONG_TEXT = "LOT 12 BLK 4 " * 300  # a raw record big enough to be compressed
 
 
@@ -64,28 +67,48 @@ def _server_has_lz4(engine: Engine) -> bool:
 
 
 def _load_as_before(engine: Engine, records: list[dict]) -> None:  # type: ignore[type-arg]
-    """Rows as the loader of revision 0003 wrote them: raw as jsonb."""
+    """Rows as the loader of revision 0003 wrote them: raw as jsonb, and a link row each to their file."""
     with engine.begin() as conn:
+        file_id = conn.execute(
+            text(
+                "INSERT INTO batch_file_status (file_path, campaign_id, batch_number, month, status, "
+                "checksum_sha256, file_size_bytes, captured_at, created_at, success_count) VALUES ("
+                "'2026-11/old_batch1_20261102T080000Z.json', 'old', 1, '2026-11', 'COMPLETED', 'x', 1, :at, :at, :n) "
+                "RETURNING file_id"
+            ),
+            {"at": BASE_TIME, "n": len(records)},
+        ).scalar_one()
         for record in records:
             conn.execute(
                 text(
                     "INSERT INTO properties (property_id, city, raw, source_file_id, campaign_id, captured_at, "
-                    "first_seen_at, last_seen_at) VALUES (:id, :city, CAST(:raw AS jsonb), 1, 'old', :at, :at, :at)"
+                    "first_seen_at, last_seen_at) VALUES (:id, 'Austin', CAST(:raw AS jsonb), :file, 'old', :at, "
+                    ":at, :at)"
                 ),
-                {"id": str(record["id"]), "city": "Austin", "raw": orjson.dumps(record).decode(), "at": BASE_TIME},
+                {"id": str(record["id"]), "raw": orjson.dumps(record).decode(), "file": file_id, "at": BASE_TIME},
+            )
+            conn.execute(
+                text("INSERT INTO file_properties (file_id, property_id) VALUES (:file, :id)"),
+                {"file": file_id, "id": str(record["id"])},
             )
 
 
-def test_migration_0004_keeps_existing_properties_and_the_pipeline_loads_into_the_result(
+def _link_foreign_keys(engine: Engine) -> list[str]:
+    return [key["name"] for key in inspect(engine).get_foreign_keys("file_properties")]
+
+
+def test_migrations_keep_existing_properties_and_links_and_the_pipeline_loads_into_the_result(
     pg_engine: Engine, root: PayloadRoot
 ) -> None:
     upgrade(pg_engine, BEFORE)
     assert _raw_column(pg_engine)[0] == "jsonb"
+    assert _link_foreign_keys(pg_engine) == [LINK_KEY]
     old = [make_record(f"old-{i}", legalDescription=LONG_TEXT) for i in range(3)]
     _load_as_before(pg_engine, old)
 
     upgrade(pg_engine)
     assert current_revision(pg_engine) == head_revision()
+    assert _link_foreign_keys(pg_engine) == []
     raw_type, compression = _raw_column(pg_engine)
     assert raw_type == "json"
     lz4 = _server_has_lz4(pg_engine)
@@ -112,6 +135,7 @@ def test_migration_0004_keeps_existing_properties_and_the_pipeline_loads_into_th
             ).scalars()
         )
     assert set(rows) == {"old-0", "old-1", "old-2", "new-1"}
+    assert row_count_mismatches(pg_engine) == (5, 5, [])  # the old file's 3 links kept, the new file's 2
     assert rows["old-1"].city == "Houston" and rows["old-1"].raw["address"]["city"] == "Houston"
     assert rows["old-0"].raw == old[0]
     if lz4:
@@ -119,6 +143,7 @@ def test_migration_0004_keeps_existing_properties_and_the_pipeline_loads_into_th
 
     assert downgrade(pg_engine, BEFORE) == (head_revision(), BEFORE)  # back to jsonb, nothing lost
     assert _raw_column(pg_engine)[0] == "jsonb"
+    assert _link_foreign_keys(pg_engine) == [LINK_KEY]
     with pg_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM properties")).scalar() == 4
         assert conn.execute(text("SELECT raw ->> 'id' FROM properties WHERE property_id = 'new-1'")).scalar() == "new-1"
@@ -126,20 +151,36 @@ def test_migration_0004_keeps_existing_properties_and_the_pipeline_loads_into_th
     assert _raw_column(pg_engine)[0] == "json"
 
 
-def test_migration_0004_changes_nothing_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_migrations_keep_properties_and_links_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
     engine = create_db_engine(f"sqlite:///{tmp_path / 'pipeline.db'}")
     try:
         upgrade(engine, BEFORE)
+        record = make_record("a")
         with engine.begin() as conn:
             conn.execute(
                 text(
-                    "INSERT INTO properties (property_id, raw, source_file_id, campaign_id, captured_at, "
-                    "first_seen_at, last_seen_at) VALUES ('a', '{\"id\": \"a\"}', 1, 'c', '2026-11-02 08:00:00', "
-                    "'2026-11-02 08:00:00', '2026-11-02 08:00:00')"
+                    "INSERT INTO batch_file_status (file_id, file_path, campaign_id, batch_number, month, status, "
+                    "checksum_sha256, file_size_bytes, captured_at, created_at, success_count) VALUES (1, "
+                    "'2026-11/c_batch1_20261102T080000Z.json', 'c', 1, '2026-11', 'COMPLETED', 'x', 1, "
+                    "'2026-11-02 08:00:00', '2026-11-02 08:00:00', 1)"
                 )
             )
-        upgrade(engine)
+            conn.execute(
+                text(
+                    "INSERT INTO properties (property_id, raw, source_file_id, campaign_id, captured_at, "
+                    "first_seen_at, last_seen_at) VALUES ('a', :raw, 1, 'c', '2026-11-02 08:00:00', "
+                    "'2026-11-02 08:00:00', '2026-11-02 08:00:00')"
+                ),
+                {"raw": orjson.dumps(record).decode()},
+            )
+            conn.execute(text("INSERT INTO file_properties (file_id, property_id) VALUES (1, 'a')"))
+        upgrade(engine)  # 0005 rebuilds file_properties on SQLite
+        assert _link_foreign_keys(engine) == []
         with engine.connect() as conn:
-            assert conn.execute(select(properties.c.raw)).scalar() == {"id": "a"}
+            assert conn.execute(select(properties.c.raw)).scalar() == record
+        assert row_count_mismatches(engine) == (1, 1, [])
+        downgrade(engine, BEFORE)
+        assert _link_foreign_keys(engine) == [LINK_KEY]
+        assert row_count_mismatches(engine) == (1, 1, [])
     finally:
         engine.dispose()

@@ -153,10 +153,11 @@ properties = Table(
     Column("last_seen_at", UTCDateTime, nullable=False, comment="capture time of the newest file that loaded it"),
 )
 
+# No foreign key on file_id (migration 0005): only the loader writes link rows, in the file's transaction.
 file_properties = Table(
     "file_properties",
     metadata,
-    Column("file_id", Id, ForeignKey("batch_file_status.file_id"), primary_key=True),
+    Column("file_id", Id, primary_key=True, comment="batch_file_status.file_id"),
     Column("property_id", Text, primary_key=True),
 )
 
