@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -202,19 +203,90 @@ class ChildRun:
     stdout: str
     stderr: str
     wall_seconds: float
-    peak_rss_mb: float  # the child's own peak resident set size (getrusage of that one child)
+    peak_rss_mb: float  # the largest peak resident set size of the child or any process it waited for (wait4)
+    # Sampled (only with sample_memory=True) every 50 ms over the child and all its descendants: the peak of
+    # their summed proportional set size (shared pages split between the processes sharing them, so the
+    # sum is the memory the whole command holds) and of their summed RSS (shared pages counted per process).
+    peak_tree_pss_mb: float = 0.0
+    peak_tree_rss_mb: float = 0.0
+    peak_processes: int = 0
 
     def json(self) -> Any:
         return json.loads(self.stdout)
 
 
-def run_child(args: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> ChildRun:
-    """Run a process to its end; its wall time and its own peak RSS (from wait4, exact, no polling)."""
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it, from the parent ids in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for parent in frontier for child in children.get(parent, [])]
+        tree.extend(frontier)
+    return tree
+
+
+def _memory_kb(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) of one process in kB, from smaps_rollup; zeros once it has gone."""
+    pss = rss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+                elif line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+    except OSError:
+        pass
+    return pss, rss
+
+
+class _TreeMemory(threading.Thread):
+    """Samples a process tree's summed PSS and RSS until stopped; keeps the peaks."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak_pss_kb = self.peak_rss_kb = self.peak_processes = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            tree = _descendants(self.pid)
+            sizes = [_memory_kb(pid) for pid in tree]
+            self.peak_pss_kb = max(self.peak_pss_kb, sum(pss for pss, _rss in sizes))
+            self.peak_rss_kb = max(self.peak_rss_kb, sum(rss for _pss, rss in sizes))
+            self.peak_processes = max(self.peak_processes, sum(1 for _pss, rss in sizes if rss))
+
+
+def run_child(
+    args: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    sample_memory: bool = False,
+) -> ChildRun:
+    """Run a process to its end; its wall time and peak RSS (from wait4, exact), and with `sample_memory`
+    the sampled peaks of its whole process tree."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         process = subprocess.Popen(list(args), stdout=out, stderr=err, env=env, cwd=cwd)
+        sampler = _TreeMemory(process.pid) if sample_memory else None
+        if sampler is not None:
+            sampler.start()
         _pid, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
+        if sampler is not None:
+            sampler.stopped.set()
+            sampler.join()
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
@@ -224,13 +296,18 @@ def run_child(args: Sequence[str], *, env: dict[str, str] | None = None, cwd: Pa
             err.read().decode(errors="replace"),
             wall,
             usage.ru_maxrss / 1024,  # kilobytes on Linux
+            peak_tree_pss_mb=sampler.peak_pss_kb / 1024 if sampler else 0.0,
+            peak_tree_rss_mb=sampler.peak_rss_kb / 1024 if sampler else 0.0,
+            peak_processes=sampler.peak_processes if sampler else 0,
         )
 
 
-def python_child(module: str, *arguments: str, env: dict[str, str] | None = None) -> ChildRun:
+def python_child(
+    module: str, *arguments: str, env: dict[str, str] | None = None, sample_memory: bool = False
+) -> ChildRun:
     """`python -m <module> <arguments>` in the repository, with this interpreter."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return run_child([sys.executable, "-m", module, *arguments], env=full_env, cwd=REPO)
+    return run_child([sys.executable, "-m", module, *arguments], env=full_env, cwd=REPO, sample_memory=sample_memory)
 
 
 def cli_env(db_url: str, logs_dir: Path) -> dict[str, str]:

@@ -41,8 +41,12 @@ class ProcessRun:
     report: dict[str, Any]
 
 
-def process_command(db_url: str, logs_dir: Path) -> tuple[ChildRun, ProcessRun]:
-    run = python_child("property_pipeline", "process", "--json", env=cli_env(db_url, logs_dir))
+def process_command(
+    db_url: str, logs_dir: Path, *, workers: int | None = None, sample_memory: bool = False
+) -> tuple[ChildRun, ProcessRun]:
+    """`property-pipeline process --json` as a user runs it (its default workers unless `workers` is given)."""
+    arguments = ["process", "--json", *(["--workers", str(workers)] if workers else [])]
+    run = python_child("property_pipeline", *arguments, env=cli_env(db_url, logs_dir), sample_memory=sample_memory)
     require_ok(run, "property-pipeline process")
     report = run.json()
     return run, ProcessRun(report["seconds"], run.wall_seconds, run.peak_rss_mb, report)

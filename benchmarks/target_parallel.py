@@ -1,4 +1,4 @@
-"""Target 6: two `property-pipeline process` commands at once on PostgreSQL against one.
+"""Target 6: two `property-pipeline process --workers 1` commands at once on PostgreSQL against one.
 
 Goals: two processors are not slower than one (time until the backlog is done), and no file is
 processed twice (every file claimed once, one COMPLETED transition each).
@@ -32,7 +32,8 @@ from property_pipeline.db.engine import create_db_engine
 def _processors(db_url: str, logs: str, count: int) -> float:
     """Start `count` processors together; seconds until the last one exits."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **cli_env(db_url, logs)}  # type: ignore[arg-type]
-    command = [sys.executable, "-m", "property_pipeline", "process", "--json"]
+    # One worker each: separate commands coordinating only through the database claims, as on two machines.
+    command = [sys.executable, "-m", "property_pipeline", "process", "--json", "--workers", "1"]
     started = time.perf_counter()
     processes = [
         subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -65,6 +65,7 @@ class Settings:
     pending_alert_age_seconds: int = 24 * 3600
     sensor_auto_process: bool = False
     sensor_max_files: int = DEFAULT_SENSOR_MAX_FILES
+    process_workers: int | None = None  # None: one per CPU (at most 4) on PostgreSQL, 1 on SQLite
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -87,6 +88,7 @@ class Settings:
             pending_alert_age_seconds=_int_env("PROPERTY_PIPELINE_PENDING_ALERT_SECONDS", 24 * 3600),
             sensor_auto_process=_bool_env("PROPERTY_PIPELINE_SENSOR_AUTO_PROCESS", False),
             sensor_max_files=_int_env("PROPERTY_PIPELINE_SENSOR_MAX_FILES", DEFAULT_SENSOR_MAX_FILES),
+            process_workers=_int_env("PROPERTY_PIPELINE_PROCESS_WORKERS", 0, minimum=0) or None,
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -24,7 +24,8 @@ from property_pipeline.db.engine import create_db_engine, upgrade
 from property_pipeline.db.queries import file_states, month_statuses, problem_files
 from property_pipeline.integrity import verify_files
 from property_pipeline.monitoring.report import build_status_report
-from property_pipeline.processing.engine import FileOutcome, PayloadProcessor
+from property_pipeline.processing.engine import FileOutcome
+from property_pipeline.processing.parallel import WorkerFailed, default_workers, process_backlog
 from property_pipeline.registration import register_unregistered
 from property_pipeline.runtime import Pipeline
 from property_pipeline.settings import Settings
@@ -123,26 +124,44 @@ class _Progress:
 @main.command()
 @month_option
 @click.option("--include-failed", is_flag=True, help="Put FAILED files back to PENDING first, then process them too.")
-@click.option("--limit", type=click.IntRange(min=1), help="Process at most N files.")
+@click.option("--limit", type=click.IntRange(min=1), help="Process at most N files (in one process).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Processes claiming files at once (default: PROPERTY_PIPELINE_PROCESS_WORKERS, else one per CPU "
+    "up to 4 on PostgreSQL, 1 on SQLite).",
+)
 @json_option
 @pipeline_command
-def process(pipeline: Pipeline, month: str | None, include_failed: bool, limit: int | None, as_json: bool) -> None:
+def process(
+    pipeline: Pipeline, month: str | None, include_failed: bool, limit: int | None, workers: int | None, as_json: bool
+) -> None:
     """Load PENDING files into the database, each exactly once, each in one transaction."""
     statuses = month_statuses(pipeline.engine, month)
     total = sum(s.pending + (s.failed if include_failed else 0) for s in statuses)
     progress = _Progress(min(total, limit) if limit else total)
-    processor = PayloadProcessor(
-        pipeline.engine,
-        pipeline.root,
-        lease_seconds=pipeline.settings.lease_seconds,
-        max_payload_bytes=pipeline.settings.max_payload_bytes,
-    )
-    report = processor.run(month=month, include_failed=include_failed, limit=limit, on_file=progress)
+    workers = workers or pipeline.settings.process_workers or default_workers(pipeline.engine.dialect.name)
+    try:
+        report = process_backlog(
+            pipeline.engine,
+            pipeline.root,
+            workers=workers,
+            lease_seconds=pipeline.settings.lease_seconds,
+            max_payload_bytes=pipeline.settings.max_payload_bytes,
+            month=month,
+            include_failed=include_failed,
+            limit=limit,
+            on_file=progress,
+        )
+    except WorkerFailed as error:
+        progress.finish()
+        raise click.ClickException(f"processing stopped: {error}") from None
     progress.finish()
     if as_json:
         print_json(
             {
                 "worker": report.worker,
+                "workers": report.workers,
                 "files_completed": report.completed,
                 "files_failed": report.failed,
                 "records_loaded": report.records_loaded,

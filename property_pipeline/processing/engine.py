@@ -50,6 +50,7 @@ class FileOutcome:
 @dataclass
 class ProcessingReport:
     worker: str
+    workers: int = 1  # processes that claimed files (see processing/parallel.py)
     requeued: list[int] = field(default_factory=list)
     retried: list[int] = field(default_factory=list)
     outcomes: list[FileOutcome] = field(default_factory=list)
