@@ -10,11 +10,12 @@ from __future__ import annotations
 import fcntl
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import yaml
@@ -31,6 +32,24 @@ from property_pipeline.store.writer import StoredPayload, remove_stale_temporari
 
 log = logging.getLogger(__name__)
 RUNNING, COMPLETED, INTERRUPTED = "RUNNING", "COMPLETED", "INTERRUPTED"
+_END = object()
+T = TypeVar("T")
+
+
+def read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """Yield from `items` while a thread already takes the next one: the next page is fetched while this
+    one is written, fsynced and registered.
+
+    One item at a time is in flight, taken in order, so the API still sees one request after the
+    other. An error taking an item is raised where that item would have been yielded, after every
+    item before it was handled. When the caller stops early, the item in flight is awaited (its
+    request ends within the client's timeouts) and dropped: nothing was stored of it.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="capture-read-ahead") as pool:
+        upcoming = pool.submit(next, items, _END)
+        while (item := upcoming.result()) is not _END:
+            upcoming = pool.submit(next, items, _END)
+            yield item  # type: ignore[misc]  # not _END here
 
 
 class CaptureError(RuntimeError):
@@ -214,7 +233,8 @@ def capture_campaign(
         retries_before = client.total_retries
         limit = max_pages if max_pages is not None else campaign.max_pages
         try:
-            for page in client.iter_pages(campaign.criteria, start_index=start_index, max_pages=limit):
+            pages = client.iter_pages(campaign.criteria, start_index=start_index, max_pages=limit)
+            for page in read_ahead(pages):
                 stored = write_payload(root, campaign.campaign_id, batch_number, page.body, clock())
                 registration = _register_page(
                     engine,

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from sqlalchemy import Engine, func, select
 
 from property_pipeline.api.client import PropertySearchClient
 from property_pipeline.api.sandbox import FaultConfig, SandboxConfig, SandboxServer
-from property_pipeline.capture import Campaign, CaptureError, capture_campaign, load_campaigns
+from property_pipeline.capture import Campaign, CaptureError, capture_campaign, load_campaigns, read_ahead
 from property_pipeline.cli import main
 from property_pipeline.db.schema import batch_file_status, capture_runs, properties
 from property_pipeline.store.layout import PayloadRoot, parse_payload_name
@@ -271,3 +272,47 @@ def test_demo_twice_in_the_same_folder_adds_files_but_no_duplicate_properties(tm
     engine.dispose()
     assert count == 900 - 9  # every 97th sandbox record breaks the contract and is quarantined
     assert statuses == {"COMPLETED"}
+
+
+def test_read_ahead_takes_the_next_page_while_this_one_is_stored() -> None:
+    asked_for_second = threading.Event()
+
+    def pages() -> Iterator[int]:
+        yield 1
+        asked_for_second.set()
+        yield 2
+        yield 3
+
+    seen = []
+    for item in read_ahead(pages()):
+        if item == 1:  # without read-ahead nobody asks for page 2 before page 1 is handled: this would time out
+            assert asked_for_second.wait(timeout=10)
+        seen.append(item)
+    assert seen == [1, 2, 3]
+
+
+def test_read_ahead_raises_a_fetch_error_after_the_pages_before_it() -> None:
+    def pages() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise OSError("connection reset")
+
+    seen = []
+    with pytest.raises(OSError, match="connection reset"):
+        for item in read_ahead(pages()):
+            seen.append(item)
+    assert seen == [1, 2]
+
+
+def test_read_ahead_takes_nothing_more_once_the_caller_stops() -> None:
+    taken = []
+
+    def pages() -> Iterator[int]:
+        for number in range(1, 100):
+            taken.append(number)
+            yield number
+
+    for item in read_ahead(pages()):
+        if item == 3:
+            break
+    assert taken == [1, 2, 3, 4]  # page 4 was already in flight, and dropped
