@@ -62,15 +62,19 @@ def pipeline_command(function: F) -> F:
         except SchemaOutOfDate as error:
             raise PipelineUsageError(str(error)) from None
         except OperationalError as error:
-            where = make_url(settings.db_url).render_as_string(hide_password=True)
-            raise click.ClickException(
-                f"cannot use the database at {where}: {error.orig}. "
-                "Check PROPERTY_PIPELINE_DB_URL and that the server is running."
-            ) from None
+            raise database_unusable(settings, error.orig) from None
         finally:
             pipeline.close()
 
     return wrapper  # type: ignore[return-value]
+
+
+def database_unusable(settings: Settings, cause: object) -> click.ClickException:
+    """The one line for a database that refused, dropped or cancelled us (the password never shown)."""
+    where = make_url(settings.db_url).render_as_string(hide_password=True)
+    return click.ClickException(
+        f"cannot use the database at {where}: {cause}. Check PROPERTY_PIPELINE_DB_URL and that the server is running."
+    )
 
 
 def print_json(payload: Any) -> None:

@@ -12,6 +12,7 @@ from property_pipeline.cli.app import (
     EXIT_OK,
     PipelineUsageError,
     age,
+    database_unusable,
     json_option,
     main,
     month_option,
@@ -155,6 +156,10 @@ def process(
         )
     except WorkerFailed as error:
         progress.finish()
+        if error.database_error is not None:
+            unusable = database_unusable(pipeline.settings, error.database_error)
+            unusable.message += f" Workers: {error}"
+            raise unusable from None
         raise click.ClickException(f"processing stopped: {error}") from None
     progress.finish()
     if as_json:

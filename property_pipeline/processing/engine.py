@@ -113,8 +113,10 @@ class PayloadProcessor:
         include_failed: bool = False,
         limit: int | None = None,
         on_file: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> ProcessingReport:
-        """Process PENDING files in scope (and FAILED ones first put back, when asked) until none is left or `limit`."""
+        """Process PENDING files in scope (and FAILED ones first put back, when asked) until none is left, `limit`
+        files are done, or `should_stop()` says so (asked before each claim)."""
         started = time.perf_counter()
         report = ProcessingReport(worker=self.worker)
         report.requeued = status.requeue_expired_claims(self.engine, self.worker)
@@ -126,6 +128,8 @@ class PayloadProcessor:
             )
         with fewer_garbage_collections():
             while limit is None or len(report.outcomes) < limit:
+                if should_stop is not None and should_stop():
+                    break
                 claimed = status.claim_next_pending(
                     self.engine, self.worker, self.lease_seconds, month=month, file_ids=file_ids
                 )

@@ -21,8 +21,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from property_pipeline.db import status
 from property_pipeline.processing.engine import (
@@ -41,7 +43,15 @@ MAX_DEFAULT_WORKERS = 4
 
 
 class WorkerFailed(RuntimeError):
-    """A worker process stopped before the backlog was done (its error, or how it exited)."""
+    """A worker process stopped before the backlog was done (its error, or how it exited).
+
+    `database_error` is the driver's message when a worker lost the database (connection refused or
+    lost, statement cancelled): the same cause a single processor raises as OperationalError.
+    """
+
+    def __init__(self, message: str, *, database_error: str | None = None) -> None:
+        super().__init__(message)
+        self.database_error = database_error
 
 
 def default_workers(dialect: str) -> int:
@@ -92,26 +102,30 @@ def process_backlog(
     engine.dispose()  # no pooled connection is inherited by a worker
     scope = _Scope(month, file_ids, lease_seconds, max_payload_bytes)
     context = multiprocessing.get_context("fork")
+    stop = context.Event()  # set when a worker fails: the others finish their file and claim no more
     running: dict[Connection, multiprocessing.process.BaseProcess] = {}
     try:
         for number in range(workers):
             reader, writer = context.Pipe(duplex=False)
             worker = context.Process(
-                target=_work, args=(writer, engine, root, scope), name=f"property-pipeline-worker-{number + 1}"
+                target=_work, args=(writer, stop, engine, root, scope), name=f"property-pipeline-worker-{number + 1}"
             )
             worker.start()
             writer.close()  # the parent's copy: the reader sees end-of-file when the worker exits
             running[reader] = worker
-        problems = _collect(running, report, on_file)
+        problems, database_error = _collect(running, report, on_file, stop)
     finally:
+        stop.set()
         for reader, worker in running.items():
             worker.join()
             reader.close()
     report.seconds = time.perf_counter() - started
     if problems:
         raise WorkerFailed(
-            "; ".join(problems) + f" ({report.completed} files completed and {report.failed} failed before that; "
-            "a file a worker held stays PROCESSING until its lease expires, then the next run takes it)"
+            "; ".join(problems) + f" ({report.completed} files completed and {report.failed} failed meanwhile; "
+            "the other workers stopped after their file. A file a worker held when it died stays PROCESSING "
+            "until its lease expires, then the next run takes it)",
+            database_error=database_error,
         )
     return report
 
@@ -120,9 +134,12 @@ def _collect(
     running: dict[Connection, multiprocessing.process.BaseProcess],
     report: ProcessingReport,
     on_file: ProgressCallback | None,
-) -> list[str]:
-    """Read every worker's messages until all have exited; the problems of those that did not finish."""
+    stop: Any,
+) -> tuple[list[str], str | None]:
+    """Read every worker's messages until all have exited: the problems of those that did not finish, and
+    the first database error among them. The first problem sets `stop` for the others."""
     problems: list[str] = []
+    database_error: str | None = None
     finished: set[Connection] = set()
     open_readers = list(running)
     while open_readers:
@@ -131,6 +148,8 @@ def _collect(
                 kind, payload = reader.recv()  # type: ignore[union-attr]
             except EOFError:
                 open_readers.remove(reader)  # type: ignore[arg-type]
+                if reader not in finished:
+                    stop.set()  # it ended without saying it was done (killed): the others stop too
                 continue
             if kind == "file":
                 report.outcomes.append(payload)
@@ -139,15 +158,18 @@ def _collect(
             elif kind == "done":
                 finished.add(reader)  # type: ignore[arg-type]
             else:
+                stop.set()
                 problems.append(f"{running[reader].name}: {payload}")  # type: ignore[index]
+                if kind == "database_error" and database_error is None:
+                    database_error = payload
     for reader, worker in running.items():
         worker.join()
         if reader not in finished and not any(problem.startswith(f"{worker.name}:") for problem in problems):
             problems.append(f"{worker.name} exited with status {worker.exitcode} before finishing")
-    return problems
+    return problems, database_error
 
 
-def _work(writer: Connection, engine: Engine, root: PayloadRoot, scope: _Scope) -> None:
+def _work(writer: Connection, stop: Any, engine: Engine, root: PayloadRoot, scope: _Scope) -> None:
     """A worker process: an ordinary processor over the same scope, its outcomes sent as they happen."""
     engine.dispose(close=False)  # the parent's connections are the parent's; this process opens its own
     processor = PayloadProcessor(
@@ -155,11 +177,19 @@ def _work(writer: Connection, engine: Engine, root: PayloadRoot, scope: _Scope) 
     )
     try:
         processor.run(
-            month=scope.month, file_ids=scope.file_ids, on_file=lambda outcome: writer.send(("file", outcome))
+            month=scope.month,
+            file_ids=scope.file_ids,
+            on_file=lambda outcome: writer.send(("file", outcome)),
+            should_stop=stop.is_set,
         )
-    except BaseException as error:
+    except OperationalError as error:  # the database went away or cancelled the statement: said as one line
+        writer.send(("database_error", str(error.orig) if error.orig is not None else str(error)))
+        raise SystemExit(1) from None  # the parent reports it; no traceback on the terminal
+    except BaseException as error:  # a process boundary: every error goes to the parent
+        if not isinstance(error, KeyboardInterrupt):
+            log.exception("worker stopped by an unexpected error")  # a bug: keep its traceback
         writer.send(("error", f"{type(error).__name__}: {error}"))
-        raise
+        raise SystemExit(1) from None
     else:
         writer.send(("done", None))
     finally:

@@ -190,8 +190,9 @@ def test_statement_cancelled_mid_load_gives_the_claim_back_and_exits_cleanly(
     holder = blocker.connect()
     transaction = holder.begin()
     holder.execute(text("LOCK TABLE properties IN SHARE MODE"))  # readers pass, the processor's INSERT waits
+    # One worker: a second one would wait on the same lock, which this test holds until the command exits.
     processor = subprocess.Popen(
-        cli_command("process"),
+        cli_command("process", "--workers", "1"),
         env=cli_env(cluster_db_url, root),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
