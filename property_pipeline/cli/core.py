@@ -155,13 +155,13 @@ def process(
             on_file=progress,
         )
     except WorkerFailed as error:
-        progress.finish()
         if error.database_error is not None:
             unusable = database_unusable(pipeline.settings, error.database_error)
             unusable.message += f" Workers: {error}"
             raise unusable from None
         raise click.ClickException(f"processing stopped: {error}") from None
-    progress.finish()
+    finally:
+        progress.finish()
     if as_json:
         print_json(
             {
