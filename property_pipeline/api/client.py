@@ -1,7 +1,8 @@
-"""Client for the paged property-search API (POST /v2/PropertySearch, see API_CONTRACT.md)."""
+"""Client for the paged property-search API (POST /v2/PropertySearch; the contract is in docs/design.md)."""
 
 from __future__ import annotations
 
+import http.client
 import logging
 import random
 import time
@@ -13,6 +14,9 @@ from urllib.parse import quote
 
 import orjson
 import requests
+import urllib3
+
+from property_pipeline.payload_json import PayloadJsonError, decode_payload_json
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +24,9 @@ SEARCH_PATH = "/v2/PropertySearch"
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_MESSAGE_CHARS = 500
 REDACTED = "***"
+BODY_CHUNK = 1 << 16
+DEFAULT_MAX_PAGE_BYTES = 64 * 1024 * 1024  # as PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES: processing reads no larger file
+DEFAULT_PAGE_DEADLINE_SECONDS = 120.0
 _TRANSIENT_ERRORS = (
     requests.exceptions.ConnectionError,
     requests.exceptions.ChunkedEncodingError,
@@ -52,6 +59,15 @@ class ApiRequestRejected(PropertyApiError):
         self.status = status
         self.server_message = server_message
         self.result_index = result_index
+
+
+class ApiPageTooLarge(PropertyApiError):
+    """A page is larger than the payload size limit: it was not stored (processing would refuse it unread)."""
+
+    def __init__(self, message: str, *, result_index: int, limit: int) -> None:
+        super().__init__(message)
+        self.result_index = result_index
+        self.limit = limit
 
 
 class ApiUnavailable(PropertyApiError):
@@ -97,6 +113,8 @@ class PropertySearchClient:
         max_attempts: int = 6,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
+        page_deadline: float = DEFAULT_PAGE_DEADLINE_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
         session: requests.Session | None = None,
     ) -> None:
@@ -111,6 +129,8 @@ class PropertySearchClient:
             raise ValueError("connect_timeout and read_timeout must be positive")
         if backoff_base < 0 or backoff_max < 0:
             raise ValueError("backoff_base and backoff_max must not be negative")
+        if max_page_bytes < 1 or page_deadline <= 0:
+            raise ValueError("max_page_bytes and page_deadline must be positive")
         self._base_url = base_url.rstrip("/")
         self._search_url = self._base_url + SEARCH_PATH
         self._page_size = page_size
@@ -118,6 +138,8 @@ class PropertySearchClient:
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
+        self._max_page_bytes = max_page_bytes
+        self._page_deadline = page_deadline
         self._sleep = sleep
         self._owns_session = session is None
         self._session = session if session is not None else requests.Session()
@@ -239,24 +261,36 @@ class PropertySearchClient:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
             headers["x-api-key"] = self._api_key
+        deadline = time.monotonic() + self._page_deadline
         try:
             # Redirects are refused: following one would hand the x-api-key header to another address.
             response = self._session.post(
-                self._search_url, data=payload, headers=headers, timeout=self._timeout, allow_redirects=False
+                self._search_url,
+                data=payload,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                stream=True,
             )
+            try:
+                body = self._read_body(response, result_index, deadline)
+            finally:
+                response.close()
         except requests.exceptions.ConnectTimeout:
             raise _TransientFailure(f"could not connect within {self._timeout[0]}s") from None
-        except requests.exceptions.Timeout:
+        except (requests.exceptions.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
             raise _TransientFailure(f"no response within the {self._timeout[1]}s read timeout") from None
-        except _TRANSIENT_ERRORS as exc:
+        except (*_TRANSIENT_ERRORS, urllib3.exceptions.HTTPError, http.client.HTTPException) as exc:
             raise _TransientFailure(self._clip(f"connection failed: {type(exc).__name__}: {exc}")) from None
         except requests.exceptions.RequestException as exc:
             raise PropertyApiError(self._clip(f"request could not be sent: {type(exc).__name__}: {exc}")) from None
+        except OSError as exc:  # the socket broke while the body was read
+            raise _TransientFailure(self._clip(f"connection failed: {type(exc).__name__}: {exc}")) from None
 
         status = response.status_code
         if 200 <= status < 300:
-            return response.content, self._checked_page(response.content, status, result_index)
-        message = self._server_message(response)
+            return body, self._checked_page(body, status, result_index)
+        message = self._server_message(body)
         if status in RETRYABLE_STATUSES:
             raise _TransientFailure(
                 f"HTTP {status} {response.reason}: {message}",
@@ -271,12 +305,43 @@ class PropertySearchClient:
             result_index=result_index,
         )
 
+    def _read_body(self, response: requests.Response, result_index: int, deadline: float) -> bytes:
+        """The whole body, read as it arrives: bounded in size (refused unstored above the limit) and in time (one
+        deadline for the page, however slowly the bytes come)."""
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self._max_page_bytes:
+            self._refuse_large_page(result_index, f"{int(declared):,} bytes announced")
+        chunks: list[bytes] = []
+        size = 0
+        raw = response.raw
+        while True:
+            if time.monotonic() > deadline:
+                raise _TransientFailure(
+                    f"page not complete within the {self._page_deadline:g}s page deadline ({size:,} bytes received)"
+                )
+            chunk = raw.read1(BODY_CHUNK, decode_content=True)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > self._max_page_bytes:
+                self._refuse_large_page(result_index, f"more than {size:,} bytes received")
+            chunks.append(chunk)
+
+    def _refuse_large_page(self, result_index: int, seen: str) -> None:
+        raise ApiPageTooLarge(
+            f"the page at resultIndex={result_index} is larger than the payload limit of {self._max_page_bytes:,} "
+            f"bytes ({seen}); it was not stored. Lower PROPERTY_API_PAGE_SIZE or raise "
+            "PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES, then resume the capture",
+            result_index=result_index,
+            limit=self._max_page_bytes,
+        )
+
     def _checked_page(self, body: bytes, status: int, result_index: int) -> dict[str, Any]:
         """Parse a 2xx body and check it has the contract's shape; anything else is a transient failure."""
         prefix = f"HTTP {status} with a bad body ({len(body)} bytes)"
         try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
+            doc = decode_payload_json(body)
+        except PayloadJsonError as exc:
             raise _TransientFailure(f"{prefix}: not valid JSON ({exc})", status=status) from None
         if not isinstance(doc, dict):
             raise _TransientFailure(f"{prefix}: a JSON {type(doc).__name__}, not an object", status=status)
@@ -306,10 +371,10 @@ class PropertySearchClient:
         # Full jitter: spreads retries from many clients instead of having them hit the API in step.
         return self._random.uniform(0.0, min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1)))
 
-    def _server_message(self, response: requests.Response) -> str:
-        text = response.content.decode("utf-8", errors="replace")
+    def _server_message(self, body: bytes) -> str:
+        text = body.decode("utf-8", errors="replace")
         try:
-            doc = orjson.loads(response.content)
+            doc = orjson.loads(body)
         except orjson.JSONDecodeError:
             doc = None
         if isinstance(doc, dict):

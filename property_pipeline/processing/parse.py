@@ -6,8 +6,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from property_pipeline.payload_json import PayloadJsonError, decode_payload_json, escaped_text, quarantine_text
 from property_pipeline.processing.records import PropertyRecord, RecordRejected, property_id_of, validate_record
 
 MAX_REJECTED_RAW_CHARS = 100_000
@@ -36,13 +35,7 @@ class ParsedPayload:
 
 
 def _raw_text(record: Any) -> str:
-    try:
-        text = orjson.dumps(record).decode()
-    except TypeError:
-        try:
-            text = repr(record)
-        except RecursionError:
-            text = f"<a JSON {type(record).__name__} nested too deeply to show>"
+    text = quarantine_text(record)
     return text if len(text) <= MAX_REJECTED_RAW_CHARS else text[:MAX_REJECTED_RAW_CHARS] + "…(truncated)"
 
 
@@ -89,7 +82,10 @@ class PayloadPage:
                 property_id = raw.get("id") if isinstance(raw, dict) else None
                 self.rejected.append(
                     RejectedRecord(
-                        index, None if property_id is None else str(property_id)[:256], str(reason), _raw_text(raw)
+                        index,
+                        None if property_id is None else escaped_text(str(property_id))[:256],
+                        escaped_text(str(reason)),
+                        _raw_text(raw),
                     )
                 )
                 continue
@@ -112,8 +108,8 @@ class PayloadPage:
 def read_page(body: bytes) -> PayloadPage:
     """Parse one API page's JSON and check its shape; its records are validated when taken."""
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
+        document = decode_payload_json(body)
+    except PayloadJsonError as error:
         raise PayloadFormatError(f"not valid JSON (file truncated or corrupted?): {error}") from None
     if not isinstance(document, dict):
         raise PayloadFormatError(f"top level is a JSON {type(document).__name__}, expected an object with 'data'")

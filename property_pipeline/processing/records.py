@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-import orjson
+from property_pipeline.payload_json import UnrepresentableNumber, describe_unstorable, encode_for_storage
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -67,6 +67,8 @@ class PropertyRecord:
 
 
 def _integer(value: Any, bounds: tuple[int, int], label: str) -> int:
+    if isinstance(value, UnrepresentableNumber):
+        raise RecordRejected(f"{label} {value.text} is outside the range of a double")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RecordRejected(f"{label} must be an integer, got {type(value).__name__} {value!r:.40}")
     if isinstance(value, float):
@@ -79,6 +81,8 @@ def _integer(value: Any, bounds: tuple[int, int], label: str) -> int:
 
 
 def _number(value: Any, label: str, low: float = -1e15, high: float = 1e15) -> float:
+    if isinstance(value, UnrepresentableNumber):
+        raise RecordRejected(f"{label} {value.text} is outside the range of a double")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RecordRejected(f"{label} must be a number, got {type(value).__name__} {value!r:.40}")
     if not low <= value <= high:
@@ -163,12 +167,14 @@ def property_id_of(record: Any) -> str:
     if isinstance(raw_id, int):
         return str(raw_id)
     if isinstance(raw_id, str):
-        stripped = raw_id.strip()
-        if not stripped:
+        if not raw_id.strip():
             raise RecordRejected("id is an empty string")
-        if len(stripped) > MAX_ID_CHARS or "\x00" in stripped:
-            raise RecordRejected(f"id {stripped[:40]!r} is too long or holds a NUL character")
-        return stripped
+        # Kept exactly as sent, never trimmed: " 1" trimmed would silently become the property "1".
+        if raw_id != raw_id.strip():
+            raise RecordRejected(f"id {raw_id[:40]!r} has leading or trailing whitespace")
+        if len(raw_id) > MAX_ID_CHARS or "\x00" in raw_id:
+            raise RecordRejected(f"id {raw_id[:40]!r} is too long or holds a NUL character")
+        return raw_id
     raise RecordRejected(f"id must be a string or an integer, got {type(raw_id).__name__}")
 
 
@@ -191,10 +197,9 @@ def validate_record(record: Any) -> PropertyRecord:
             append(value)
         else:
             append(_convert(kind, value, label))
-    try:
-        raw_json = orjson.dumps(record).decode()
-    except TypeError as error:  # orjson.JSONEncodeError: nested deeper than orjson writes (254 levels)
-        raise RecordRejected(f"record cannot be stored as JSON: {error}") from None
+    raw_json = encode_for_storage(record)
+    if raw_json is None:
+        raise RecordRejected(f"record cannot be stored as JSON: {describe_unstorable(record)}")
     # PostgreSQL text and jsonb cannot hold U+0000; refuse it on every database alike.
     if "\\u0000" in raw_json:
         raise RecordRejected("record holds a NUL character (\\u0000), which the database cannot store")
