@@ -24,6 +24,7 @@ from sqlalchemy import Engine, func, insert, select, update
 from property_pipeline.api.client import PropertyApiError, PropertySearchClient
 from property_pipeline.db.schema import batch_file_status, capture_runs, utcnow
 from property_pipeline.db.status import NewPayloadFile, register_files
+from property_pipeline.errors import ConfigurationError
 from property_pipeline.processing.memory import fewer_garbage_collections
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store import markers
@@ -60,18 +61,31 @@ class CaptureError(RuntimeError):
         self.report = report
 
 
-class CampaignConfigError(ValueError):
+class CampaignConfigError(ConfigurationError, ValueError):
     """The campaigns file is missing or malformed."""
 
 
 @dataclass(frozen=True)
 class Campaign:
-    """A campaign: its id, the search criteria sent with every page, and whether the schedule captures it."""
+    """A campaign: its id, the search criteria sent with every page, and whether the schedule captures it.
+
+    Empty criteria search the provider's whole dataset (billed per record): only with `allow_unfiltered`.
+    """
 
     campaign_id: str
     criteria: Mapping[str, Any] = field(default_factory=dict)
     enabled: bool = True
     max_pages: int | None = None
+    allow_unfiltered: bool = False
+
+    def check_filtered(self) -> None:
+        """CampaignConfigError unless the campaign has criteria or is explicitly allowed to fetch everything."""
+        if not self.criteria and not self.allow_unfiltered:
+            raise CampaignConfigError(
+                f"campaign {self.campaign_id} has no search criteria: it would capture the provider's whole dataset. "
+                "Give its criteria (--criteria, or `criteria:` in the campaigns file), or allow it explicitly "
+                "(--allow-unfiltered, or `allow_unfiltered: true`)"
+            )
 
 
 @dataclass
@@ -90,35 +104,74 @@ class CaptureReport:
 
 
 def load_campaigns(path: Path) -> list[Campaign]:
-    """Read `campaigns.yaml`: a list under `campaigns:` of `{id, criteria, enabled, max_pages}`."""
+    """Read `campaigns.yaml`: a list under `campaigns:` of `{id, criteria, enabled, max_pages, allow_unfiltered}`.
+
+    Every problem is a CampaignConfigError naming the file and the line.
+    """
     try:
-        document = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise CampaignConfigError(
             f"campaigns file {path} not found; create it or set PROPERTY_PIPELINE_CAMPAIGNS_FILE"
         ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise CampaignConfigError(f"campaigns file {path} cannot be read: {error}") from None
+    try:
+        tree = yaml.compose(text)  # the node tree keeps each entry's line
+        document = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise CampaignConfigError(f"campaigns file {path} is not valid YAML: {error}") from None
-    entries = (document or {}).get("campaigns") if isinstance(document, dict) else None
+        mark, context_mark = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        context = getattr(error, "context", None)
+        if context and context_mark is not None:
+            problem += f"; {context} that starts on line {context_mark.line + 1}"
+        raise CampaignConfigError(f"campaigns file {path}{where}: not valid YAML ({problem})") from None
+    entries = document.get("campaigns") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise CampaignConfigError(f"campaigns file {path} needs a top-level `campaigns:` list")
+    lines = _entry_lines(tree)
     campaigns: list[Campaign] = []
-    for position, entry in enumerate(entries, start=1):
-        if not isinstance(entry, dict) or "id" not in entry:
-            raise CampaignConfigError(f"campaigns file {path}: entry {position} needs an `id`")
-        criteria = entry.get("criteria") or {}
-        max_pages = entry.get("max_pages")
-        if not isinstance(criteria, dict):
-            raise CampaignConfigError(f"campaigns file {path}: criteria of {entry['id']!r} must be a mapping")
-        if max_pages is not None and (not isinstance(max_pages, int) or max_pages < 1):
-            raise CampaignConfigError(f"campaigns file {path}: max_pages of {entry['id']!r} must be a positive integer")
-        campaigns.append(
-            Campaign(validate_campaign_id(str(entry["id"])), criteria, bool(entry.get("enabled", True)), max_pages)
-        )
+    for position, entry in enumerate(entries):
+        where = f"campaigns file {path} line {lines[position]}" if position < len(lines) else f"campaigns file {path}"
+        campaigns.append(_campaign_entry(entry, where))
     ids = [campaign.campaign_id for campaign in campaigns]
-    if len(ids) != len(set(ids)):
-        raise CampaignConfigError(f"campaigns file {path} lists a campaign id twice")
+    twice = sorted({campaign_id for campaign_id in ids if ids.count(campaign_id) > 1})
+    if twice:
+        raise CampaignConfigError(f"campaigns file {path} lists the campaign id {twice[0]} twice")
     return campaigns
+
+
+def _entry_lines(tree: Any) -> list[int]:
+    """The 1-based line of each entry of the `campaigns:` list, from the YAML node tree."""
+    if not isinstance(tree, yaml.MappingNode):
+        return []
+    for key, value in tree.value:
+        if getattr(key, "value", None) == "campaigns" and isinstance(value, yaml.SequenceNode):
+            return [item.start_mark.line + 1 for item in value.value]
+    return []
+
+
+def _campaign_entry(entry: Any, where: str) -> Campaign:
+    if not isinstance(entry, dict) or "id" not in entry:
+        raise CampaignConfigError(f"{where}: each campaign needs an `id`")
+    try:
+        campaign_id = validate_campaign_id(str(entry["id"]))
+    except ValueError as error:
+        raise CampaignConfigError(f"{where}: {error}") from None
+    criteria = entry.get("criteria") or {}
+    max_pages = entry.get("max_pages")
+    if not isinstance(criteria, dict):
+        raise CampaignConfigError(f"{where}: criteria of {campaign_id!r} must be a mapping")
+    if max_pages is not None and (not isinstance(max_pages, int) or isinstance(max_pages, bool) or max_pages < 1):
+        raise CampaignConfigError(f"{where}: max_pages of {campaign_id!r} must be a positive integer")
+    for flag in ("enabled", "allow_unfiltered"):
+        if not isinstance(entry.get(flag, False), bool):
+            raise CampaignConfigError(f"{where}: {flag} of {campaign_id!r} must be true or false")
+    unknown = sorted(set(entry) - {"id", "criteria", "enabled", "max_pages", "allow_unfiltered"})
+    if unknown:
+        raise CampaignConfigError(f"{where}: unknown key {unknown[0]!r} in campaign {campaign_id!r}")
+    return Campaign(campaign_id, criteria, entry.get("enabled", True), max_pages, entry.get("allow_unfiltered", False))
 
 
 def canonical_criteria(criteria: Mapping[str, Any]) -> str:
@@ -226,7 +279,7 @@ def capture_campaign(
         month = month_of(clock())
         for stale in remove_stale_temporaries(root, month, campaign.campaign_id):
             log.warning("removed %s, a partial page left by an interrupted capture", stale.name)
-        register_unregistered(engine, root, f"capture:{campaign.campaign_id}", month)
+        register_unregistered(engine, root, f"capture:{campaign.campaign_id}", month, campaign=campaign.campaign_id)
         run_id, start_index = _start_run(engine, campaign, resume)
         report = CaptureReport(campaign.campaign_id, run_id, resumed_from_index=start_index)
         batch_number = next_batch_number(engine, campaign.campaign_id)
@@ -245,15 +298,15 @@ def capture_campaign(
                     page.result_index + page.record_count,
                     page.attempts - 1,
                 )
-                if registration.duplicate_of is None:
-                    markers.mark_pending(root, stored.relative_path)
-                else:
+                if registration.duplicate_of is not None:
                     report.duplicates += 1
-                    markers.mark_processed(
-                        root,
-                        stored.relative_path,
-                        {"file_id": registration.file_id, "duplicate_of": registration.duplicate_of},
-                    )
+                markers.follow(
+                    root,
+                    stored.relative_path,
+                    registration.status,
+                    file_id=registration.file_id,
+                    duplicate_of=registration.duplicate_of,
+                )
                 batch_number += 1
                 report.pages += 1
                 report.records += page.record_count
@@ -265,7 +318,8 @@ def capture_campaign(
         except (PropertyApiError, OSError) as error:
             report.retries = client.total_retries - retries_before
             message = (
-                f"capture of campaign {campaign.campaign_id} stopped after {report.pages} new pages: {error}. "
+                f"capture of campaign {campaign.campaign_id} stopped after {report.pages} new pages: "
+                f"{str(error).rstrip('.')}. "
                 f"The {report.pages} pages stored are registered; rerun with --resume to continue "
                 f"from result index {start_index + report.records}."
             )
@@ -284,6 +338,43 @@ def capture_campaign(
             None if finished else f"stopped after --max-pages {limit}",
         )
         return report
+
+
+@dataclass
+class CaptureRound:
+    """Several campaigns captured one after the other: each one's report, and the errors of those that stopped."""
+
+    reports: list[CaptureReport] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def capture_campaigns(
+    engine: Engine,
+    root: PayloadRoot,
+    client: PropertySearchClient,
+    campaigns: list[Campaign],
+    *,
+    max_pages: int | None = None,
+    resume: bool = False,
+    on_report: Callable[[CaptureReport], None] | None = None,
+) -> CaptureRound:
+    """Capture each campaign in turn; one campaign's failure (or missing criteria) does not stop the others."""
+    done = CaptureRound()
+    for campaign in campaigns:
+        try:
+            campaign.check_filtered()
+        except CampaignConfigError as error:
+            done.failures.append(str(error))
+            continue
+        try:
+            report = capture_campaign(engine, root, client, campaign, max_pages=max_pages, resume=resume)
+        except CaptureError as error:
+            report = error.report
+            done.failures.append(str(error))
+        done.reports.append(report)
+        if on_report is not None:
+            on_report(report)
+    return done
 
 
 def _is_last(report: CaptureReport) -> bool:

@@ -5,22 +5,27 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-import orjson
 from sqlalchemy import Engine, select
 
-from property_pipeline.db.schema import batch_file_status
+from property_pipeline.db.schema import batch_file_status, utcnow
 from property_pipeline.db.status import NewPayloadFile, Registration, register_files
+from property_pipeline.payload_json import PayloadJsonError, decode_payload_json
 from property_pipeline.processing.memory import fewer_garbage_collections
-from property_pipeline.settings import DEFAULT_MAX_PAYLOAD_BYTES
+from property_pipeline.settings import DEFAULT_CLOCK_SKEW_SECONDS, DEFAULT_MAX_PAYLOAD_BYTES, Settings
 from property_pipeline.store import markers
 from property_pipeline.store.layout import (
     MONTH_RE,
+    PayloadName,
     PayloadPathError,
     PayloadRoot,
+    month_of,
     parse_payload_name,
     validate_month,
 )
@@ -28,6 +33,30 @@ from property_pipeline.store.writer import sha256_file
 
 log = logging.getLogger(__name__)
 REGISTER_CHUNK = 500
+WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+
+
+class HeldBack(Exception):
+    """A file that is not registrable yet but may be later (still being written); registration tries again."""
+
+
+@dataclass(frozen=True)
+class DropInRules:
+    """When a file on disk may be registered: the rules for files other systems drop into the month folders.
+
+    `settle_seconds`: a file that is empty or not a complete page, and changed less than this long ago,
+    may still be being written: it is held back. A complete page registers at once (no prefix of a
+    page parses). 0 registers whatever is there now, for callers that know their files are complete.
+    `clock_skew_seconds`: how far in this clock's future a name's timestamp may lie (clocks drift).
+    """
+
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    settle_seconds: float = 0.0
+    clock_skew_seconds: float = DEFAULT_CLOCK_SKEW_SECONDS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DropInRules:
+        return cls(settings.max_payload_bytes, settings.settle_seconds, settings.clock_skew_seconds)
 
 
 @dataclass
@@ -35,23 +64,51 @@ class RegistrationReport:
     registered: list[Registration] = field(default_factory=list)
     duplicates: list[Registration] = field(default_factory=list)
     already_registered: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): refused until fixed
+    held_back: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): tried again next time
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, note): registered, with a caveat
 
     def merge(self, other: RegistrationReport) -> None:
         self.registered += other.registered
         self.duplicates += other.duplicates
         self.already_registered += other.already_registered
         self.skipped += other.skipped
+        self.held_back += other.held_back
+        self.warnings += other.warnings
 
 
-def month_folders(root: PayloadRoot, month: str | None = None) -> list[Path]:
-    """The payload month folders to look in, oldest first."""
+def month_folders(root: PayloadRoot, month: str | None = None, *, linked: list[Path] | None = None) -> list[Path]:
+    """The payload month folders to look in, oldest first. Month folders that are symbolic links are left out
+    (and appended to `linked`): a link to another month would register that month's files twice."""
     if month is not None:
-        folder = root.month_dir(validate_month(month))
-        return [folder] if folder.is_dir() else []
-    if not root.payloads.is_dir():
-        return []
-    return sorted(entry for entry in root.payloads.iterdir() if entry.is_dir() and MONTH_RE.fullmatch(entry.name))
+        candidates = [root.month_dir(validate_month(month))]
+    elif root.payloads.is_dir():
+        candidates = sorted(entry for entry in root.payloads.iterdir() if MONTH_RE.fullmatch(entry.name))
+    else:
+        candidates = []
+    folders = []
+    for folder in candidates:
+        if folder.is_symlink():
+            if linked is not None and folder.is_dir():
+                linked.append(folder)
+        elif folder.is_dir():
+            folders.append(folder)
+    return folders
+
+
+def _refuse_linked_folder(root: PayloadRoot, folder: Path, report: RegistrationReport) -> None:
+    """Every payload file in a linked month folder is reported, none registered."""
+    try:
+        root.check_inside(folder)
+        reason = (
+            f"its month folder {folder.name} is a symbolic link (to {os.readlink(folder)}); month folders must be "
+            "real folders, so that no file is registered under two months"
+        )
+    except PayloadPathError as error:
+        reason = str(error)
+    for entry in payload_candidates(folder):
+        report.skipped.append((entry.path, reason))
+        log.warning("not registered: %s: %s", entry.path, reason)
 
 
 def payload_candidates(folder: Path) -> Iterable[os.DirEntry[str]]:
@@ -70,31 +127,66 @@ def registered_paths(engine: Engine, month: str) -> set[str]:
         )
 
 
-def describe_file(
-    root: PayloadRoot, path: Path, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-) -> NewPayloadFile:
-    """Checksum, size and record count of a file on disk; PayloadPathError when it may not be registered.
+def check_capture_time(name: PayloadName, month: str, rules: DropInRules, now: datetime | None = None) -> None:
+    """Refuse a name whose timestamp lies in another month than its folder, or in the future (past the skew
+    allowance): such a file would win newest-wins over every later capture of its properties."""
+    if month_of(name.captured_at) != month:
+        raise PayloadPathError(
+            f"its timestamp {name.captured_at:%Y-%m-%d %H:%M:%S} UTC belongs to {month_of(name.captured_at)}, "
+            f"but it sits in the folder {month}; move it to property_payloads/{month_of(name.captured_at)}/"
+        )
+    ahead = (name.captured_at - (now or utcnow())).total_seconds()
+    if ahead > rules.clock_skew_seconds:
+        raise PayloadPathError(
+            f"its timestamp {name.captured_at:%Y-%m-%d %H:%M:%S} UTC lies {_duration(ahead)} in the future, beyond "
+            f"the {rules.clock_skew_seconds:g} s clock-skew allowance (PROPERTY_PIPELINE_CLOCK_SKEW_SECONDS): a "
+            "file from the future would win over every later capture of its properties. Fix its name"
+        )
 
-    A file above `max_payload_bytes` is hashed in chunks but never read whole (no record count).
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:,.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def describe_file(root: PayloadRoot, path: Path, rules: DropInRules | None = None) -> NewPayloadFile:
+    """Checksum, size and record count of a file on disk.
+
+    PayloadPathError when it may not be registered (its name, place or kind); HeldBack when it may
+    still be being written. A file above `max_payload_bytes` is hashed in chunks, never read whole.
     """
+    rules = rules or DropInRules()
     month = path.parent.name
     validate_month(month)
     name = parse_payload_name(path.name)
-    if path.is_symlink() or not path.is_file():
+    check_capture_time(name, month, rules)
+    if path.is_symlink() or path.parent.is_symlink() or not path.is_file():
         raise PayloadPathError(f"{path} is a symlink or not a regular file; payloads must be plain files")
     root.check_inside(path)
-    count = None  # unknown when the file is too big to read whole or is not a page: processing says why
-    if path.stat().st_size > max_payload_bytes:
+    count = None  # unknown when the file is too big to read whole
+    unreadable = False
+    if path.stat().st_size > rules.max_payload_bytes:
         checksum, size = sha256_file(path)
     else:
-        body = path.read_bytes()  # read once: hashed and counted from the same bytes
+        with open(path, "rb") as handle:
+            before = os.fstat(handle.fileno())
+            body = handle.read()  # read once: hashed and counted from the same bytes
+            after = os.fstat(handle.fileno())
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(body) != after.st_size:
+            raise HeldBack("it changed while it was read: still being written; registered once it is complete")
         checksum, size = hashlib.sha256(body).hexdigest(), len(body)
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            document = None  # registered anyway: processing marks it FAILED with the reason
-        data = document.get("data") if isinstance(document, dict) else None
-        count = len(data) if isinstance(data, list) else None
+        count = page_record_count(body)
+        if count is None:
+            age = time.time() - max(after.st_mtime_ns, after.st_ctime_ns) / 1e9
+            if age < rules.settle_seconds:
+                raise HeldBack(
+                    f"{'empty' if not body else 'not a complete page'} and changed {age:.1f} s ago: it may still "
+                    f"be being written; registered once unchanged for {rules.settle_seconds:g} s "
+                    "(PROPERTY_PIPELINE_SETTLE_SECONDS)"
+                )
+            unreadable = True  # registered so that processing fails it with the reason; never a duplicate
     return NewPayloadFile(
         file_path=f"{month}/{path.name}",
         campaign_id=name.campaign_id,
@@ -104,16 +196,22 @@ def describe_file(
         file_size_bytes=size,
         captured_at=name.captured_at,
         properties_count=count,
+        content_unreadable=unreadable,
     )
 
 
+def page_record_count(body: bytes) -> int | None:
+    """The number of records when the bytes are a payload page (a JSON object with a `data` list), else None."""
+    try:
+        document = decode_payload_json(body)
+    except PayloadJsonError:
+        return None
+    data = document.get("data") if isinstance(document, dict) else None
+    return len(data) if isinstance(data, list) else None
+
+
 def register_paths(
-    engine: Engine,
-    root: PayloadRoot,
-    paths: Sequence[Path],
-    actor: str,
-    *,
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    engine: Engine, root: PayloadRoot, paths: Sequence[Path], actor: str, *, rules: DropInRules | None = None
 ) -> RegistrationReport:
     """Register the given files (unknown ones become PENDING); safe to call for files already registered."""
     report = RegistrationReport()
@@ -121,27 +219,44 @@ def register_paths(
     with fewer_garbage_collections():  # each file is parsed whole to count its records
         for path in paths:
             try:
-                described.append(describe_file(root, path, max_payload_bytes=max_payload_bytes))
+                described.append(describe_file(root, path, rules))
+            except HeldBack as reason:
+                report.held_back.append((str(path), str(reason)))
             except (PayloadPathError, OSError) as error:
                 report.skipped.append((str(path), str(error)))
-                log.warning("not registered: %s", error)
+                log.warning("not registered: %s: %s", path, error)
     for start in range(0, len(described), REGISTER_CHUNK):
         with engine.begin() as conn:
             results = register_files(conn, described[start : start + REGISTER_CHUNK], actor)
         for result in results:
             if not result.created:
                 report.already_registered += 1
-            elif result.duplicate_of is not None:
+                continue
+            if result.duplicate_of is not None:
                 report.duplicates.append(result)
-                markers.mark_processed(
-                    root,
-                    result.file_path,
-                    {"file_id": result.file_id, "status": result.status, "duplicate_of": result.duplicate_of},
-                )
             else:
                 report.registered.append(result)
-                markers.mark_pending(root, result.file_path)
+            markers.follow(
+                root, result.file_path, result.status, file_id=result.file_id, duplicate_of=result.duplicate_of
+            )
+            note = make_read_only(root.resolve(result.file_path))
+            if note:
+                report.warnings.append((result.file_path, note))
     return report
+
+
+def make_read_only(path: Path) -> str | None:
+    """Registered originals are immutable: drop every write bit. A note when the file is not ours to change."""
+    try:
+        mode = path.stat().st_mode
+        if mode & WRITE_BITS:
+            os.chmod(path, stat.S_IMODE(mode) & ~WRITE_BITS)
+    except OSError as error:
+        return (
+            f"registered, but it could not be made read-only ({error.strerror}): it belongs to another user or "
+            "system; keep it unchanged, processing checks its SHA-256 before loading it"
+        )
+    return None
 
 
 def register_unregistered(
@@ -150,14 +265,25 @@ def register_unregistered(
     actor: str,
     month: str | None = None,
     *,
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    rules: DropInRules | None = None,
+    campaign: str | None = None,
 ) -> RegistrationReport:
-    """Scan the payload folders (one month, or all) and register every file the database does not know."""
+    """Scan the payload folders (one month, or all) and register every file the database does not know
+    (only one campaign's files, when `campaign` is given)."""
     report = RegistrationReport()
-    for folder in month_folders(root, month):
+    prefix = None if campaign is None else f"{campaign}_batch"
+    linked: list[Path] = []
+    folders = month_folders(root, month, linked=linked)
+    for folder in linked:
+        _refuse_linked_folder(root, folder, report)
+    for folder in folders:
         known = registered_paths(engine, folder.name)
-        new = [Path(entry.path) for entry in payload_candidates(folder) if f"{folder.name}/{entry.name}" not in known]
-        report.merge(register_paths(engine, root, sorted(new), actor, max_payload_bytes=max_payload_bytes))
+        new = [
+            Path(entry.path)
+            for entry in payload_candidates(folder)
+            if f"{folder.name}/{entry.name}" not in known and (prefix is None or entry.name.startswith(prefix))
+        ]
+        report.merge(register_paths(engine, root, sorted(new), actor, rules=rules))
     return report
 
 

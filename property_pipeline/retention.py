@@ -26,15 +26,17 @@ import stat
 import tarfile
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import Engine, Row, select
 
-from property_pipeline.db import status
+from property_pipeline.db import locks, status
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import utcnow
 from property_pipeline.registration import month_folders, payload_candidates
@@ -44,6 +46,7 @@ from property_pipeline.store.writer import HASH_CHUNK, READ_ONLY, _fsync_dir, sh
 
 log = logging.getLogger(__name__)
 
+ARCHIVE_PREFIX = "property_payloads_"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "property_pipeline.archive/1"
 ARCHIVE_NAME_RE = re.compile(r"property_payloads_\d{4}-\d{2}_\d{8}T\d{12}Z\.tar\.gz")
@@ -152,9 +155,12 @@ def plan_retention(engine: Engine, root: PayloadRoot, *, keep_months: int, today
     return RetentionPlan(keep_months, oldest, _plan_months(engine, root, oldest))
 
 
-def _plan_months(engine: Engine, root: PayloadRoot, oldest_kept: str) -> list[MonthPlan]:
+def _plan_months(engine: Engine, root: PayloadRoot, oldest_kept: str, only: str | None = None) -> list[MonthPlan]:
+    query = select(*_ROW_COLUMNS).where(files.c.month < oldest_kept).order_by(files.c.file_id)
+    if only is not None:
+        query = query.where(files.c.month == only)
     with engine.connect() as conn:
-        rows = conn.execute(select(*_ROW_COLUMNS).where(files.c.month < oldest_kept).order_by(files.c.file_id)).all()
+        rows = conn.execute(query).all()
     months: dict[str, MonthPlan] = {}
     for row in rows:
         entry = _classify(root, row)
@@ -164,7 +170,7 @@ def _plan_months(engine: Engine, root: PayloadRoot, oldest_kept: str) -> list[Mo
             months.setdefault(row.month, MonthPlan(row.month)).skipped.append(entry)
     known = {row.file_path for row in rows}
     for folder in month_folders(root):
-        if folder.name >= oldest_kept:
+        if folder.name >= oldest_kept or (only is not None and folder.name != only):
             continue
         for entry in payload_candidates(folder):
             path = f"{folder.name}/{entry.name}"
@@ -230,7 +236,7 @@ class _HashingReader:
 
 
 def archive_name_for(month: str, moment: datetime) -> str:
-    return f"property_payloads_{validate_month(month)}_{format_timestamp(moment)}.tar.gz"
+    return f"{ARCHIVE_PREFIX}{validate_month(month)}_{format_timestamp(moment)}.tar.gz"
 
 
 def archive_path(root: PayloadRoot, archive_name: str) -> Path:
@@ -403,14 +409,34 @@ class RetentionReport:
         return {**asdict(self), "ok": self.ok, "deleted": self.deleted, "bytes_deleted": self.bytes_deleted}
 
 
-def apply_retention(engine: Engine, root: PayloadRoot, plan: RetentionPlan, *, archive: bool = True) -> RetentionReport:
-    """Carry out `plan`, re-checked against the current state: never more than the plan lists; safe to rerun."""
+def month_lock(engine: Engine, month: str, on_wait: Callable[[], None] | None = None) -> ContextManager[None]:
+    """One command at a time changes a month's files on disk (cleanup, restore), on every node."""
+    return locks.exclusive(engine, f"payload-month:{month}", on_wait=on_wait)
+
+
+def apply_retention(
+    engine: Engine,
+    root: PayloadRoot,
+    plan: RetentionPlan,
+    *,
+    archive: bool = True,
+    on_wait: Callable[[str], None] | None = None,
+) -> RetentionReport:
+    """Carry out `plan`, re-checked against the current state: never more than the plan lists; safe to rerun.
+
+    Each month is done under its month lock and planned again once the lock is held, so a second
+    cleanup at the same time waits, then finds the work done (and says so: nothing counted twice).
+    """
     planned = {payload.file_id for month in plan.months for payload in month.files}
     report = RetentionReport(archive=archive)
-    for month_plan in _plan_months(engine, root, plan.oldest_kept_month):
-        todo = [payload for payload in month_plan.files if payload.file_id in planned]
-        if todo:
-            report.months.append(_apply_month(engine, root, month_plan.month, todo, archive))
+    for month in [month_plan.month for month_plan in plan.months if month_plan.files]:
+        waiting = None if on_wait is None else partial(on_wait, month)
+        with month_lock(engine, month, waiting):
+            remove_stale_temporaries(root.archive, f".{ARCHIVE_PREFIX}{month}_*.tmp")
+            for month_plan in _plan_months(engine, root, plan.oldest_kept_month, only=month):
+                todo = [payload for payload in month_plan.files if payload.file_id in planned]
+                if todo:
+                    report.months.append(_apply_month(engine, root, month, todo, archive))
     return report
 
 
@@ -487,8 +513,10 @@ def _archive_month(engine: Engine, root: PayloadRoot, month: str, payloads: list
 
 def _delete_archived(engine: Engine, root: PayloadRoot, payload: RetentionFile, result: MonthResult) -> None:
     """Original → gone, then `deleted_at` (the archive verified and is recorded already)."""
-    if payload.on_disk and not _remove_or_report(root, payload, result):
-        return
+    if payload.on_disk:
+        path = _deletable(root, payload, result)
+        if path is None or not _remove_or_report(path, payload, result):
+            return
     status.record_deleted(engine, payload.file_id)
     markers.clear_markers(root, payload.file_path)
     _count_deleted(payload, result)
@@ -496,10 +524,24 @@ def _delete_archived(engine: Engine, root: PayloadRoot, payload: RetentionFile, 
 
 def _delete_unarchived(engine: Engine, root: PayloadRoot, payload: RetentionFile, result: MonthResult) -> None:
     """`deleted_at` first, then the original (no archive to check a missing file against)."""
+    path = _deletable(root, payload, result)
+    if path is None:
+        return
     status.record_deleted(engine, payload.file_id)
-    if _remove_or_report(root, payload, result):
+    if _remove_or_report(path, payload, result):
         markers.clear_markers(root, payload.file_path)
         _count_deleted(payload, result)
+
+
+def _deletable(root: PayloadRoot, payload: RetentionFile, result: MonthResult) -> Path | None:
+    """The file's own path, or None (with the failure recorded) when it is reached through a link."""
+    try:
+        path = root.resolve(payload.file_path)
+        root.check_not_linked(path)
+    except PayloadPathError as error:
+        result.failures.append(Failure(payload.file_path, f"not deleted: {error}; put the file back in its own folder"))
+        return None
+    return path
 
 
 def _count_deleted(payload: RetentionFile, result: MonthResult) -> None:
@@ -510,9 +552,9 @@ def _count_deleted(payload: RetentionFile, result: MonthResult) -> None:
         result.healed.append(payload.file_path)
 
 
-def _remove_or_report(root: PayloadRoot, payload: RetentionFile, result: MonthResult) -> bool:
+def _remove_or_report(path: Path, payload: RetentionFile, result: MonthResult) -> bool:
     try:
-        _remove_original(root.resolve(payload.file_path))
+        _remove_original(path)
     except FileNotFoundError:
         pass
     except OSError as error:
@@ -571,9 +613,20 @@ class RestoreReport:
         return {**asdict(self), "ok": self.ok}
 
 
-def restore_month(engine: Engine, root: PayloadRoot, month: str) -> RestoreReport:
-    """Put a month's archived files back on disk, byte-identical, read-only; clear `deleted_at`; mark processed."""
-    report = RestoreReport(validate_month(month))
+def restore_month(
+    engine: Engine, root: PayloadRoot, month: str, on_wait: Callable[[str], None] | None = None
+) -> RestoreReport:
+    """Put a month's archived files back on disk, byte-identical, read-only; clear `deleted_at`; mark processed.
+
+    Under the month lock: a cleanup of the same month waits for the restore (and the other way round).
+    """
+    validate_month(month)
+    with month_lock(engine, month, None if on_wait is None else partial(on_wait, month)):
+        return _restore_month(engine, root, month)
+
+
+def _restore_month(engine: Engine, root: PayloadRoot, month: str) -> RestoreReport:
+    report = RestoreReport(month)
     with engine.connect() as conn:
         rows = conn.execute(
             select(*_ROW_COLUMNS)
@@ -605,7 +658,15 @@ def restore_month(engine: Engine, root: PayloadRoot, month: str) -> RestoreRepor
 def _restore_from_archive(root: PayloadRoot, name: str, rows: list[Row[Any]], report: RestoreReport) -> None:
     needed: dict[str, Row[Any]] = {}
     for row in rows:
-        target = root.resolve(row.file_path)
+        try:
+            target = root.resolve(row.file_path)
+            root.check_not_linked(target)
+        except PayloadPathError as error:
+            report.failures.append(
+                Failure(row.file_path, f"not restored: {error}; remove the link, then rerun restore")
+            )
+            continue
+        remove_stale_temporaries(target.parent, f".{target.name}.*.tmp")  # left by a restore that was killed
         if not target.exists():
             needed[row.file_path] = row
         elif sha256_file(target)[0] == row.checksum_sha256:
@@ -659,6 +720,14 @@ def _publish(stream: BinaryIO, target: Path, checksum: str) -> None:
         _fsync_dir(target.parent)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path, pattern: str) -> None:
+    """Delete the hidden temporaries a killed command left (only called under the lock that owns them)."""
+    if folder.is_dir():
+        for leftover in folder.glob(pattern):
+            _discard(leftover)
+            log.warning("removed %s, left by an interrupted command", leftover)
 
 
 def _registered_row(row: Row[Any]) -> ManifestEntry:

@@ -7,19 +7,27 @@ from functools import cached_property
 
 from sqlalchemy import Engine
 
-from property_pipeline.db.engine import create_db_engine, ensure_schema
+from property_pipeline.db.engine import create_db_engine, ensure_schema, open_existing_database
+from property_pipeline.errors import ConfigurationError
 from property_pipeline.settings import Settings
 from property_pipeline.store.layout import PayloadRoot
 
 
 @dataclass
 class Pipeline:
-    """Settings plus a ready database (schema created on an empty one) and payload folders."""
+    """Settings plus a ready database (schema created on an empty one) and payload folders.
+
+    `read_only`: for commands that only look (status, verify, a dry run): nothing is created, not the
+    database, its schema or the data root's folders; a database that is not there is NothingThere.
+    """
 
     settings: Settings
+    read_only: bool = False
 
     @cached_property
     def engine(self) -> Engine:
+        if self.read_only:
+            return open_existing_database(self.settings.db_url)
         engine = create_db_engine(self.settings.db_url)
         ensure_schema(engine)
         return engine
@@ -27,7 +35,15 @@ class Pipeline:
     @cached_property
     def root(self) -> PayloadRoot:
         root = PayloadRoot(self.settings.logs_dir)
-        root.ensure_folders()
+        if self.read_only:
+            return root
+        try:
+            root.ensure_folders()
+        except OSError as error:
+            raise ConfigurationError(
+                f"PROPERTY_PIPELINE_LOGS_DIR={self.settings.logs_dir} cannot be used as the data root: "
+                f"{error.strerror or error} ({error.filename or self.settings.logs_dir}). Point it at a writable folder"
+            ) from None
         return root
 
     def close(self) -> None:

@@ -5,34 +5,86 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from property_pipeline.errors import ConfigurationError
 
 DEFAULT_LOGS_DIR = "logs"
 DEFAULT_DB_FILE = "property_pipeline.db"
 DEFAULT_LEASE_SECONDS = 300
 DEFAULT_API_BASE_URL = "http://127.0.0.1:8765"
 DEFAULT_PAGE_SIZE = 400
+MAX_PAGE_SIZE = 1000  # the provider's maximum
+DEFAULT_API_MAX_ATTEMPTS = 6
+DEFAULT_PAGE_DEADLINE_SECONDS = 120  # one attempt at a page, however slowly its bytes come
 DEFAULT_RETENTION_MONTHS = 2
 DEFAULT_CAMPAIGNS_FILE = "campaigns.yaml"
 # A page of 1000 records is about 2 MB; larger files are refused unread (memory stays bounded).
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 DEFAULT_SENSOR_MAX_FILES = 500
+# A dropped-in file that is not a complete page yet is registered only once unchanged this long.
+DEFAULT_SETTLE_SECONDS = 5
+# A payload name may lie this far in the future of this machine's clock (clocks drift); further is refused.
+DEFAULT_CLOCK_SKEW_SECONDS = 300
 
 
-class SettingsError(ValueError):
+DAY = 86_400
+SUPPORTED_DATABASES = "sqlite:///path/to/file.db or postgresql://user@host/database"
+
+
+class SettingsError(ConfigurationError, ValueError):
     """An environment variable holds a value the pipeline cannot use."""
 
 
-def _int_env(name: str, default: int, minimum: int = 1) -> int:
+def _int_env(name: str, default: int, minimum: int = 1, maximum: int = 10**9) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+        raise SettingsError(f"{name}={raw[:40]!r} is not a whole number") from None
     if value < minimum:
         raise SettingsError(f"{name}={value} must be at least {minimum}")
+    if value > maximum:
+        raise SettingsError(f"{name}={raw[:40]} must be at most {maximum:,}")
     return value
+
+
+def _http_url_env(name: str, default: str | None) -> str | None:
+    """An http(s) URL with a host, without its trailing slash; the value is never echoed (it may hold a secret)."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    parsed = urlsplit(raw)
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        raise SettingsError(f"{name} is not an http:// or https:// URL with a host")
+    return raw.rstrip("/")
+
+
+def _db_url_env(name: str) -> str:
+    """The database URL, checked enough to say what is wrong without connecting (and without showing a password)."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default_db_url()
+    # Imported here: reading the settings stays cheap for the commands that need no database.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(raw)
+    except ArgumentError:
+        raise SettingsError(f"{name} is not a database URL; use {SUPPORTED_DATABASES}") from None
+    backend = parsed.get_backend_name()
+    if backend not in {"sqlite", "postgresql", "postgres"}:
+        raise SettingsError(f"{name}: database {backend!r} is not supported; use {SUPPORTED_DATABASES}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        raise SettingsError(f"{name} has a port outside 1-65535")
+    return raw
 
 
 def _bool_env(name: str, default: bool) -> bool:
@@ -44,7 +96,7 @@ def _bool_env(name: str, default: bool) -> bool:
         return True
     if lowered in {"0", "false", "no", "off"}:
         return False
-    raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
+    raise SettingsError(f"{name}={raw[:40]!r} is not a boolean (use true or false)")
 
 
 @dataclass(frozen=True)
@@ -57,6 +109,8 @@ class Settings:
     api_base_url: str = DEFAULT_API_BASE_URL
     api_key: str | None = field(default=None, repr=False)
     page_size: int = DEFAULT_PAGE_SIZE
+    api_max_attempts: int = DEFAULT_API_MAX_ATTEMPTS
+    api_page_deadline_seconds: int = DEFAULT_PAGE_DEADLINE_SECONDS
     campaigns_file: Path = Path(DEFAULT_CAMPAIGNS_FILE)
     retention_months: int = DEFAULT_RETENTION_MONTHS
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
@@ -66,29 +120,40 @@ class Settings:
     sensor_auto_process: bool = False
     sensor_max_files: int = DEFAULT_SENSOR_MAX_FILES
     process_workers: int | None = None  # None: one per CPU (at most 4) on PostgreSQL, 1 on SQLite
+    settle_seconds: int = DEFAULT_SETTLE_SECONDS
+    clock_skew_seconds: int = DEFAULT_CLOCK_SKEW_SECONDS
 
     @classmethod
     def from_env(cls) -> Settings:
         """Read the `PROPERTY_PIPELINE_*` and `PROPERTY_API_*` variables, with defaults for a fresh machine."""
         logs_dir = Path(os.environ.get("PROPERTY_PIPELINE_LOGS_DIR") or DEFAULT_LOGS_DIR).absolute()
-        db_url = os.environ.get("PROPERTY_PIPELINE_DB_URL") or default_db_url()
         campaigns = os.environ.get("PROPERTY_PIPELINE_CAMPAIGNS_FILE")
         return cls(
             logs_dir=logs_dir,
-            db_url=db_url,
-            lease_seconds=_int_env("PROPERTY_PIPELINE_LEASE_SECONDS", DEFAULT_LEASE_SECONDS),
-            api_base_url=(os.environ.get("PROPERTY_API_BASE_URL") or DEFAULT_API_BASE_URL).rstrip("/"),
+            db_url=_db_url_env("PROPERTY_PIPELINE_DB_URL"),
+            lease_seconds=_int_env("PROPERTY_PIPELINE_LEASE_SECONDS", DEFAULT_LEASE_SECONDS, maximum=7 * DAY),
+            api_base_url=_http_url_env("PROPERTY_API_BASE_URL", DEFAULT_API_BASE_URL) or DEFAULT_API_BASE_URL,
             api_key=os.environ.get("PROPERTY_API_KEY") or None,
-            page_size=_int_env("PROPERTY_API_PAGE_SIZE", DEFAULT_PAGE_SIZE),
+            page_size=_int_env("PROPERTY_API_PAGE_SIZE", DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE),
+            api_max_attempts=_int_env("PROPERTY_API_MAX_ATTEMPTS", DEFAULT_API_MAX_ATTEMPTS, maximum=100),
+            api_page_deadline_seconds=_int_env(
+                "PROPERTY_API_PAGE_DEADLINE_SECONDS", DEFAULT_PAGE_DEADLINE_SECONDS, maximum=DAY
+            ),
             campaigns_file=Path(campaigns or DEFAULT_CAMPAIGNS_FILE).absolute(),
-            retention_months=_int_env("PROPERTY_PIPELINE_RETENTION_MONTHS", DEFAULT_RETENTION_MONTHS),
-            max_payload_bytes=_int_env("PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES),
+            retention_months=_int_env("PROPERTY_PIPELINE_RETENTION_MONTHS", DEFAULT_RETENTION_MONTHS, maximum=1200),
+            max_payload_bytes=_int_env(
+                "PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES, maximum=16 * 1024**3
+            ),
             archive_enabled=_bool_env("PROPERTY_PIPELINE_ARCHIVE", True),
-            alert_webhook_url=os.environ.get("PROPERTY_PIPELINE_ALERT_WEBHOOK_URL") or None,
-            pending_alert_age_seconds=_int_env("PROPERTY_PIPELINE_PENDING_ALERT_SECONDS", 24 * 3600),
+            alert_webhook_url=_http_url_env("PROPERTY_PIPELINE_ALERT_WEBHOOK_URL", None),
+            pending_alert_age_seconds=_int_env("PROPERTY_PIPELINE_PENDING_ALERT_SECONDS", DAY, maximum=365 * DAY),
             sensor_auto_process=_bool_env("PROPERTY_PIPELINE_SENSOR_AUTO_PROCESS", False),
-            sensor_max_files=_int_env("PROPERTY_PIPELINE_SENSOR_MAX_FILES", DEFAULT_SENSOR_MAX_FILES),
-            process_workers=_int_env("PROPERTY_PIPELINE_PROCESS_WORKERS", 0, minimum=0) or None,
+            sensor_max_files=_int_env("PROPERTY_PIPELINE_SENSOR_MAX_FILES", DEFAULT_SENSOR_MAX_FILES, maximum=100_000),
+            process_workers=_int_env("PROPERTY_PIPELINE_PROCESS_WORKERS", 0, minimum=0, maximum=64) or None,
+            settle_seconds=_int_env("PROPERTY_PIPELINE_SETTLE_SECONDS", DEFAULT_SETTLE_SECONDS, minimum=0, maximum=DAY),
+            clock_skew_seconds=_int_env(
+                "PROPERTY_PIPELINE_CLOCK_SKEW_SECONDS", DEFAULT_CLOCK_SKEW_SECONDS, minimum=0, maximum=DAY
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

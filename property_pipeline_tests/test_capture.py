@@ -173,7 +173,8 @@ def test_capture_killed_mid_run_leaves_only_complete_registered_files_and_resume
             "PROPERTY_API_BASE_URL": server.base_url,
             "PROPERTY_API_KEY": SECRET,
         }
-        command = [sys.executable, "-m", "property_pipeline", "capture", "--campaign", "big"]
+        unfiltered = ["--criteria", "{}", "--allow-unfiltered"]  # the sandbox's whole dataset, on purpose
+        command = [sys.executable, "-m", "property_pipeline", "capture", "--campaign", "big", *unfiltered]
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while len(list(root.payloads.glob("*/big_*.json"))) < 3 and time.monotonic() < deadline:
@@ -211,7 +212,9 @@ def test_cli_capture_then_process_matches_the_server(tmp_path: Path) -> None:
             "PROPERTY_API_KEY": SECRET,
         }
         runner = CliRunner()
-        captured = runner.invoke(main, ["capture", "--campaign", "cli", "--criteria", "{}", "--json"], env=env)
+        captured = runner.invoke(
+            main, ["capture", "--campaign", "cli", "--criteria", "{}", "--allow-unfiltered", "--json"], env=env
+        )
         assert captured.exit_code == 0, captured.output
         summary = json.loads(captured.stdout)["captures"][0]
         assert (summary["pages"], summary["records"]) == (3, 850)
@@ -225,7 +228,8 @@ def test_cli_capture_then_process_matches_the_server(tmp_path: Path) -> None:
 def test_cli_capture_all_takes_the_enabled_campaigns(tmp_path: Path) -> None:
     config = tmp_path / "campaigns.yaml"
     config.write_text(
-        "campaigns:\n  - {id: tx, criteria: {state: TX}}\n  - {id: off, enabled: false}\n  - {id: two, max_pages: 1}\n"
+        "campaigns:\n  - {id: tx, criteria: {state: TX}}\n  - {id: off, enabled: false}\n"
+        "  - {id: two, max_pages: 1, allow_unfiltered: true}\n"
     )
     assert [c.campaign_id for c in load_campaigns(config) if c.enabled] == ["tx", "two"]
     with SandboxServer(SandboxConfig(records=1000, api_key=SECRET)) as server:

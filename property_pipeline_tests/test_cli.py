@@ -82,6 +82,8 @@ def test_bad_setting_is_a_usage_error(tmp_path) -> None:  # type: ignore[no-unty
 def test_db_upgrade_is_idempotent_and_other_commands_create_the_schema(tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     env = {"PROPERTY_PIPELINE_DB_URL": url, "PROPERTY_PIPELINE_LOGS_DIR": str(tmp_path / "logs")}
+    # A command that writes creates the schema (`status` only looks: it creates nothing, see test_bad_configuration).
+    assert CliRunner().invoke(main, ["register"], env=env).exit_code == 0
     status = CliRunner().invoke(main, ["status"], env=env)
     assert status.exit_code == 0 and "no payload files registered" in status.stdout
     upgrade = CliRunner().invoke(main, ["db", "upgrade"], env=env)

@@ -184,3 +184,60 @@ def test_migrations_keep_properties_and_links_on_sqlite(tmp_path) -> None:  # ty
         assert row_count_mismatches(engine) == (1, 1, [])
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0006_records_contents_registered_twice_by_a_race_as_duplicates(
+    backend: str, request: pytest.FixtureRequest, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Two originals of the same bytes (the registration race before 0006) become an original and its duplicate."""
+    if backend == "sqlite":
+        engine = create_db_engine(f"sqlite:///{tmp_path / 'pipeline.db'}")
+    else:
+        engine = request.getfixturevalue("pg_engine")
+    try:
+        upgrade(engine, "0005_links_without_fk")
+        with engine.begin() as conn:
+            for file_id, month in ((1, "2026-10"), (2, "2026-11"), (3, "2026-11")):
+                conn.execute(
+                    text(
+                        "INSERT INTO batch_file_status (file_id, file_path, campaign_id, batch_number, month, status, "
+                        "checksum_sha256, file_size_bytes, captured_at, created_at, success_count, error_count) "
+                        "VALUES (:id, :path, 'c', :id, :month, 'COMPLETED', :sum, 10, :at, :at, 1, 1)"
+                    ),
+                    {
+                        "id": file_id,
+                        "path": f"{month}/c_batch{file_id}_{month.replace('-', '')}02T080000Z.json",
+                        "month": month,
+                        "sum": "same" if file_id < 3 else "other",
+                        "at": BASE_TIME,
+                    },
+                )
+                conn.execute(text("INSERT INTO file_properties VALUES (:id, 'p-1')"), {"id": file_id})
+                conn.execute(
+                    text(
+                        "INSERT INTO quarantined_records (file_id, record_index, reason, raw, quarantined_at) "
+                        "VALUES (:id, 1, 'bad', '{}', :at)"
+                    ),
+                    {"id": file_id, "at": BASE_TIME},
+                )
+        upgrade(engine)
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT file_id, status, duplicate_of_file_id, success_count FROM batch_file_status ORDER BY 1")
+            ).all()
+            links = conn.execute(text("SELECT file_id FROM file_properties ORDER BY 1")).scalars().all()
+            held = conn.execute(text("SELECT file_id FROM quarantined_records ORDER BY 1")).scalars().all()
+            events = conn.execute(text("SELECT file_id, actor FROM file_status_events")).all()
+        assert [tuple(row) for row in rows] == [
+            (1, "COMPLETED", None, 1),
+            (2, "COMPLETED", 1, 0),
+            (3, "COMPLETED", None, 1),
+        ]
+        assert links == [1, 3] and held == [1, 3]
+        assert [tuple(event) for event in events] == [(2, "migration 0006")]
+        assert row_count_mismatches(engine) == (2, 2, [])
+        downgrade(engine, "0005_links_without_fk")
+        upgrade(engine)
+    finally:
+        engine.dispose()

@@ -1,7 +1,9 @@
 """The `property-pipeline` command group and what its subcommands share.
 
 Exit status: 0 when everything asked for succeeded, 1 when some file failed or did not
-verify, 2 for usage and configuration errors.
+verify (or the database could not be used), 2 for usage and configuration errors, 128 + the
+signal's number when SIGTERM or Ctrl-C stopped the command (130 for Ctrl-C). `PipelineGroup` is
+the one place where errors become those messages and exit codes.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ import click
 from sqlalchemy import make_url
 from sqlalchemy.exc import OperationalError
 
-from property_pipeline.db.engine import SchemaOutOfDate
 from property_pipeline.db.schema import utcnow
+from property_pipeline.errors import ConfigurationError
 from property_pipeline.runtime import Pipeline
-from property_pipeline.settings import Settings, SettingsError
+from property_pipeline.settings import Settings
 from property_pipeline.store.layout import PayloadPathError, validate_month
 
 F = TypeVar("F", bound=Callable[..., Any])
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class PipelineUsageError(click.ClickException):
@@ -50,31 +52,67 @@ def json_option(function: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(function)
 
 
-def pipeline_command(function: F) -> F:
-    """Give the command a Pipeline and turn configuration and connection problems into clear exits."""
+def pipeline_command(function: F | None = None, *, read_only: bool = False) -> Any:
+    """Give the command a Pipeline (closed afterwards). `read_only=True` for commands that only look: they create
+    nothing, not even an empty database, and say so when nothing is there."""
 
-    @wraps(function)
-    @click.pass_obj
-    def wrapper(settings: Settings, *args: Any, **kwargs: Any) -> Any:
-        pipeline = Pipeline(settings)
+    def decorate(command: F) -> F:
+        @wraps(command)
+        @click.pass_obj
+        def wrapper(settings: Settings, *args: Any, **kwargs: Any) -> Any:
+            pipeline = Pipeline(settings, read_only=read_only)
+            try:
+                return command(pipeline, *args, **kwargs)
+            finally:
+                pipeline.close()
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate if function is None else decorate(function)
+
+
+def database_unusable(settings: Settings | None, cause: object) -> click.ClickException:
+    """The one line for a database that refused, dropped or cancelled us (the password never shown)."""
+    where = "PROPERTY_PIPELINE_DB_URL"
+    if settings is not None:
+        where = make_url(settings.db_url).render_as_string(hide_password=True)
+    cause_text = " ".join(str(cause).split()).rstrip(".")
+    return click.ClickException(
+        f"cannot use the database at {where}: {cause_text}. Check PROPERTY_PIPELINE_DB_URL and that the server is "
+        "running."
+    )
+
+
+class PipelineGroup(click.Group):
+    """The command group; the one place where errors become one-line messages and exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return function(pipeline, *args, **kwargs)
-        except SchemaOutOfDate as error:
+            return super().invoke(ctx)
+        except ConfigurationError as error:
             raise PipelineUsageError(str(error)) from None
         except OperationalError as error:
-            raise database_unusable(settings, error.orig) from None
-        finally:
-            pipeline.close()
+            settings = ctx.obj if isinstance(ctx.obj, Settings) else None
+            raise database_unusable(settings, error.orig if error.orig is not None else error) from None
 
-    return wrapper  # type: ignore[return-value]
-
-
-def database_unusable(settings: Settings, cause: object) -> click.ClickException:
-    """The one line for a database that refused, dropped or cancelled us (the password never shown)."""
-    where = make_url(settings.db_url).render_as_string(hide_password=True)
-    return click.ClickException(
-        f"cannot use the database at {where}: {cause}. Check PROPERTY_PIPELINE_DB_URL and that the server is running."
-    )
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as done:
+            sys.exit(done.exit_code)
+        except click.UsageError as error:
+            hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx is not None else ""
+            click.echo(f"Error: {error.format_message()}{hint}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("interrupted (Ctrl-C): the command stopped", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(EXIT_OK)
 
 
 def print_json(payload: Any) -> None:
@@ -108,7 +146,7 @@ def age(moment: datetime | None) -> str:
     return f"{seconds // 86400}d"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PipelineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail to stderr.")
 @click.version_option(package_name="property_pipeline")
 @click.pass_context
@@ -120,10 +158,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    try:
-        ctx.obj = Settings.from_env()
-    except SettingsError as error:
-        raise PipelineUsageError(str(error)) from None
+    ctx.obj = Settings.from_env()
     if ctx.obj.api_key:
         for handler in logging.getLogger().handlers:
             if not any(isinstance(f, RedactSecret) for f in handler.filters):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -18,6 +19,7 @@ from property_pipeline.capture import (
     CaptureError,
     CaptureReport,
     capture_campaign,
+    capture_campaigns,
     load_campaigns,
 )
 from property_pipeline.cli.app import (
@@ -42,7 +44,12 @@ DEMO_RECORDS = 3000
 def _client(pipeline: Pipeline, base_url: str | None = None, api_key: str | None = None) -> PropertySearchClient:
     settings = pipeline.settings
     return PropertySearchClient(
-        base_url or settings.api_base_url, api_key or settings.api_key, page_size=settings.page_size
+        base_url or settings.api_base_url,
+        api_key or settings.api_key,
+        page_size=settings.page_size,
+        max_attempts=settings.api_max_attempts,
+        max_page_bytes=settings.max_payload_bytes,
+        page_deadline=settings.api_page_deadline_seconds,
     )
 
 
@@ -73,34 +80,45 @@ def _echo_report(report: CaptureReport) -> None:
 
 
 def _campaigns_to_capture(
-    pipeline: Pipeline, campaign_id: str | None, criteria: str | None, capture_all: bool
+    pipeline: Pipeline, campaign_id: str | None, criteria: str | None, capture_all: bool, allow_unfiltered: bool
 ) -> list[Campaign]:
+    """The campaigns a `capture` command asked for, each checked before anything is fetched (usage errors exit 2)."""
     if capture_all == (campaign_id is not None):
         raise PipelineUsageError("give either --campaign ID or --all (the enabled campaigns of the campaigns file)")
-    if capture_all:
-        if criteria is not None:
-            raise PipelineUsageError("--criteria goes with --campaign, not --all")
-        try:
-            return [c for c in load_campaigns(pipeline.settings.campaigns_file) if c.enabled]
-        except CampaignConfigError as error:
-            raise PipelineUsageError(str(error)) from None
+    campaigns_file = pipeline.settings.campaigns_file
     try:
-        validate_campaign_id(campaign_id or "")
-    except PayloadPathError as error:
+        if capture_all:
+            if criteria is not None:
+                raise PipelineUsageError("--criteria goes with --campaign, not --all")
+            chosen = [c for c in load_campaigns(campaigns_file) if c.enabled]
+        elif criteria is not None:
+            chosen = [Campaign(validate_campaign_id(campaign_id or ""), _criteria(criteria))]
+        else:
+            validate_campaign_id(campaign_id or "")
+            configured = {c.campaign_id: c for c in load_campaigns(campaigns_file)}
+            if campaign_id not in configured:
+                raise PipelineUsageError(
+                    f"campaign {campaign_id} is not in the campaigns file {campaigns_file} and no --criteria was "
+                    "given: add it to the file, or give its search criteria with --criteria JSON"
+                )
+            chosen = [configured[campaign_id or ""]]
+        if allow_unfiltered:
+            chosen = [replace(campaign, allow_unfiltered=True) for campaign in chosen]
+        for campaign in chosen:
+            campaign.check_filtered()
+    except (CampaignConfigError, PayloadPathError) as error:
         raise PipelineUsageError(str(error)) from None
-    if criteria is None:
-        try:
-            configured = {c.campaign_id: c for c in load_campaigns(pipeline.settings.campaigns_file)}
-        except CampaignConfigError:
-            configured = {}
-        return [configured.get(campaign_id or "", Campaign(campaign_id or ""))]
+    return chosen
+
+
+def _criteria(text: str) -> dict[str, object]:
     try:
-        parsed = orjson.loads(criteria)
+        parsed = orjson.loads(text)
     except orjson.JSONDecodeError as error:
         raise PipelineUsageError(f"--criteria is not valid JSON: {error}") from None
     if not isinstance(parsed, dict):
         raise PipelineUsageError('--criteria must be a JSON object, for example \'{"state": "TX"}\'')
-    return [Campaign(campaign_id or "", parsed)]
+    return parsed
 
 
 @main.command()
@@ -109,6 +127,11 @@ def _campaigns_to_capture(
 @click.option("--all", "capture_all", is_flag=True, help="Every enabled campaign of the campaigns file.")
 @click.option("--max-pages", type=click.IntRange(min=1), help="Stop after N pages.")
 @click.option("--resume", is_flag=True, help="Continue the campaign's last unfinished capture from its next page.")
+@click.option(
+    "--allow-unfiltered",
+    is_flag=True,
+    help="Allow empty search criteria: the provider's whole dataset (refused without this flag).",
+)
 @json_option
 @pipeline_command
 def capture(
@@ -118,23 +141,14 @@ def capture(
     capture_all: bool,
     max_pages: int | None,
     resume: bool,
+    allow_unfiltered: bool,
     as_json: bool,
 ) -> None:
     """Fetch a campaign's pages and store each, byte for byte, as a PENDING payload file (no property rows)."""
-    campaigns = _campaigns_to_capture(pipeline, campaign_id, criteria, capture_all)
-    reports: list[CaptureReport] = []
-    failures: list[str] = []
+    campaigns = _campaigns_to_capture(pipeline, campaign_id, criteria, capture_all, allow_unfiltered)
     with _client(pipeline) as client:
-        for campaign in campaigns:
-            try:
-                reports.append(
-                    capture_campaign(
-                        pipeline.engine, pipeline.root, client, campaign, max_pages=max_pages, resume=resume
-                    )
-                )
-            except CaptureError as error:
-                reports.append(error.report)
-                failures.append(str(error))
+        done = capture_campaigns(pipeline.engine, pipeline.root, client, campaigns, max_pages=max_pages, resume=resume)
+    reports, failures = done.reports, done.failures
     if as_json:
         print_json({"captures": [_report_json(r) for r in reports], "errors": failures})
     else:
@@ -183,7 +197,9 @@ def demo(pipeline: Pipeline, records: int) -> None:
         click.echo(f"2. capturing campaign {DEMO_CAMPAIGN} (pages of {pipeline.settings.page_size})")
         with _client(pipeline, server.base_url, key) as client:
             try:
-                report = capture_campaign(pipeline.engine, pipeline.root, client, Campaign(DEMO_CAMPAIGN))
+                # The sandbox's whole (synthetic) dataset is the demo: unfiltered on purpose.
+                demo_campaign = Campaign(DEMO_CAMPAIGN, allow_unfiltered=True)
+                report = capture_campaign(pipeline.engine, pipeline.root, client, demo_campaign)
             except CaptureError as error:
                 click.echo(f"ERROR {error}", err=True)
                 sys.exit(EXIT_FAILED)

@@ -20,14 +20,19 @@ from property_pipeline.cli.app import (
     print_json,
     table,
 )
-from property_pipeline.db import status as file_status
 from property_pipeline.db.engine import create_db_engine, upgrade
 from property_pipeline.db.queries import file_states, month_statuses, problem_files
 from property_pipeline.integrity import verify_files
 from property_pipeline.monitoring.report import build_status_report
 from property_pipeline.processing.engine import FileOutcome
-from property_pipeline.processing.parallel import WorkerFailed, default_workers, process_backlog
-from property_pipeline.registration import register_unregistered
+from property_pipeline.processing.parallel import (
+    ProcessingInterrupted,
+    WorkerFailed,
+    default_workers,
+    process_backlog,
+)
+from property_pipeline.processing.requeue import retry_failed_files
+from property_pipeline.registration import DropInRules, register_unregistered
 from property_pipeline.runtime import Pipeline
 from property_pipeline.settings import Settings
 from property_pipeline.store import markers
@@ -60,7 +65,7 @@ def db_upgrade(settings: Settings) -> None:
 def register(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     """Register payload files that are on disk but not yet in the database, as PENDING."""
     report = register_unregistered(
-        pipeline.engine, pipeline.root, "cli:register", month, max_payload_bytes=pipeline.settings.max_payload_bytes
+        pipeline.engine, pipeline.root, "cli:register", month, rules=DropInRules.from_settings(pipeline.settings)
     )
     if as_json:
         print_json(
@@ -69,6 +74,8 @@ def register(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
                 "duplicates": [{"file_path": r.file_path, "duplicate_of": r.duplicate_of} for r in report.duplicates],
                 "already_registered": report.already_registered,
                 "skipped": [{"path": p, "reason": why} for p, why in report.skipped],
+                "held_back": [{"path": p, "reason": why} for p, why in report.held_back],
+                "warnings": [{"path": p, "note": note} for p, note in report.warnings],
             }
         )
     else:
@@ -79,11 +86,16 @@ def register(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
                 f"duplicate   {registration.file_path}: same content as file {registration.duplicate_of}; "
                 "recorded, not loaded again"
             )
+        for path, note in report.warnings:
+            click.echo(f"warning     {path}: {note}", err=True)
+        for path, reason in report.held_back:
+            click.echo(f"held back   {path}: {reason}", err=True)
         for path, reason in report.skipped:
             click.echo(f"skipped     {path}: {reason}", err=True)
         click.echo(
             f"{len(report.registered)} registered, {len(report.duplicates)} duplicates, "
-            f"{len(report.skipped)} skipped, {report.already_registered} already registered"
+            f"{len(report.skipped)} skipped, {len(report.held_back)} held back until complete, "
+            f"{report.already_registered} already registered"
         )
     sys.exit(EXIT_FAILED if report.skipped else EXIT_OK)
 
@@ -117,9 +129,14 @@ class _Progress:
                 detail = outcome.error
             click.echo(f"{outcome.status:<9} {outcome.file_path} ({detail})", err=True)
 
+    def stop_requested(self, _signal_number: int) -> None:
+        if self.interactive:
+            click.echo("\nstopping after the files in hand (press Ctrl-C again to stop at once)", err=True)
+
     def finish(self) -> None:
         if self.interactive and self.done:
             click.echo("", err=True)
+            self.done = 0
 
 
 @main.command()
@@ -153,6 +170,7 @@ def process(
             include_failed=include_failed,
             limit=limit,
             on_file=progress,
+            on_stop_requested=progress.stop_requested,
         )
     except WorkerFailed as error:
         if error.database_error is not None:
@@ -160,6 +178,15 @@ def process(
             unusable.message += f" Workers: {error}"
             raise unusable from None
         raise click.ClickException(f"processing stopped: {error}") from None
+    except ProcessingInterrupted as interrupted:
+        progress.finish()
+        done = interrupted.report
+        click.echo(
+            f"interrupted by {interrupted}: {done.completed} files completed and {done.failed} failed before it; "
+            "every file in hand was finished or given back to PENDING. Run `property-pipeline process` to go on",
+            err=True,
+        )
+        sys.exit(128 + interrupted.signal_number)
     finally:
         progress.finish()
     if as_json:
@@ -169,6 +196,7 @@ def process(
                 "workers": report.workers,
                 "files_completed": report.completed,
                 "files_failed": report.failed,
+                "files_deferred": len(report.deferred),
                 "records_loaded": report.records_loaded,
                 "records_quarantined": report.records_quarantined,
                 "seconds": round(report.seconds, 3),
@@ -176,24 +204,31 @@ def process(
                 "requeued_after_expired_lease": report.requeued,
                 "retried": report.retried,
                 "failures": [{"file_id": o.file_id, "file_path": o.file_path, "error": o.error} for o in report.errors],
+                "deferred": [
+                    {"file_id": o.file_id, "file_path": o.file_path, "reason": o.error} for o in report.deferred
+                ],
             }
         )
     else:
+        deferred = f", {len(report.deferred)} deferred" if report.deferred else ""
         click.echo(
-            f"{report.completed} files completed, {report.failed} failed; {report.records_loaded} records loaded, "
-            f"{report.records_quarantined} quarantined in {report.seconds:.1f}s ({report.rows_per_second:,.0f} rows/s)"
+            f"{report.completed} files completed, {report.failed} failed{deferred}; {report.records_loaded} records "
+            f"loaded, {report.records_quarantined} quarantined in {report.seconds:.1f}s "
+            f"({report.rows_per_second:,.0f} rows/s)"
         )
         for outcome in report.errors:
             click.echo(f"FAILED file {outcome.file_id} {outcome.file_path}: {outcome.error}", err=True)
+        for outcome in report.deferred:
+            click.echo(f"DEFERRED file {outcome.file_id} {outcome.file_path}: {outcome.error}", err=True)
         if report.errors:
             click.echo("Fix the cause, then: property-pipeline retry --file-id N (or --all-failed)", err=True)
-    sys.exit(EXIT_FAILED if report.failed else EXIT_OK)
+    sys.exit(EXIT_FAILED if report.failed or report.deferred else EXIT_OK)
 
 
 @main.command()
 @month_option
 @json_option
-@pipeline_command
+@pipeline_command(read_only=True)
 def status(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     """Files by status and month; stuck and failed files with their errors."""
     if as_json:
@@ -306,15 +341,28 @@ def print_status(pipeline: Pipeline, month: str | None = None) -> None:
 @main.command()
 @month_option
 @json_option
-@pipeline_command
+@pipeline_command(read_only=True)
 def verify(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     """Check that every registered file still exists and matches its SHA-256."""
     report = verify_files(pipeline.engine, pipeline.root, month)
+    root_exists = pipeline.root.payloads.is_dir()
     if as_json:
-        print_json({"checked": report.checked, "ok": report.ok, "problems": [vars(p) for p in report.problems]})
+        print_json(
+            {
+                "checked": report.checked,
+                "ok": report.ok,
+                "data_root_exists": root_exists,
+                "problems": [vars(p) for p in report.problems],
+            }
+        )
     else:
         for problem in report.problems:
             click.echo(f"PROBLEM file {problem.file_id} {problem.file_path}: {problem.problem}", err=True)
+        if report.problems and not root_exists:
+            click.echo(
+                f"note: the payload folder {pipeline.root.payloads} does not exist: check PROPERTY_PIPELINE_LOGS_DIR",
+                err=True,
+            )
         click.echo(f"{report.checked} files checked, {len(report.problems)} problems")
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
@@ -328,8 +376,8 @@ def retry(pipeline: Pipeline, file_ids: tuple[int, ...], month: str | None, all_
     """Put FAILED files back to PENDING (recorded in file_status_events); then run `process`."""
     if not (file_ids or month or all_failed):
         raise PipelineUsageError("say what to retry: --file-id N, --month YYYY-MM or --all-failed")
-    retried = file_status.retry_failed(
-        pipeline.engine, "cli:retry", file_ids=list(file_ids) or None, month=month, all_failed=all_failed
+    retried = retry_failed_files(
+        pipeline.engine, pipeline.root, "cli:retry", file_ids=list(file_ids) or None, month=month, all_failed=all_failed
     )
     for file_id in retried:
         click.echo(f"file {file_id}: FAILED -> PENDING")

@@ -53,10 +53,15 @@ def human_bytes(size: int) -> str:
 @pipeline_command
 def cleanup(pipeline: Pipeline, dry_run: bool, archive: bool | None, keep_months: int | None, as_json: bool) -> None:
     """Archive, verify, then delete the COMPLETED payload files of months older than the kept window."""
+    pipeline.read_only = dry_run  # a dry run only looks: it creates nothing (set before the database is opened)
     settings = pipeline.settings
     archive = settings.archive_enabled if archive is None else archive
     plan = plan_retention(pipeline.engine, pipeline.root, keep_months=keep_months or settings.retention_months)
-    report = None if dry_run else apply_retention(pipeline.engine, pipeline.root, plan, archive=archive)
+    report = (
+        None
+        if dry_run
+        else apply_retention(pipeline.engine, pipeline.root, plan, archive=archive, on_wait=_say_waiting)
+    )
     if as_json:
         print_json(
             {
@@ -73,6 +78,10 @@ def cleanup(pipeline: Pipeline, dry_run: bool, archive: bool | None, keep_months
         else:
             _print_report(report)
     sys.exit(EXIT_FAILED if report is not None and not report.ok else EXIT_OK)
+
+
+def _say_waiting(month: str) -> None:
+    click.echo(f"{month}: waiting for another cleanup or restore of this month to finish", err=True)
 
 
 def _print_plan(plan: RetentionPlan, archive: bool, archive_dir: str) -> None:
@@ -119,7 +128,7 @@ def restore(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     """Put a month's archived payload files back on disk, verified byte for byte, so they can be reprocessed."""
     if month is None:
         raise PipelineUsageError("say which month to restore: --month YYYY-MM")
-    report = restore_month(pipeline.engine, pipeline.root, month)
+    report = restore_month(pipeline.engine, pipeline.root, month, on_wait=_say_waiting)
     if as_json:
         print_json(report.to_dict())
     else:

@@ -14,13 +14,15 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 
+from property_pipeline.errors import ConfigurationError, NothingThere
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 PG_MIGRATION_LOCK = 7_220_001  # advisory lock key: one migrator at a time
 
 
-class SchemaOutOfDate(RuntimeError):
+class SchemaOutOfDate(ConfigurationError):
     """The database has tables from an older version of the pipeline."""
 
 
@@ -32,13 +34,19 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_db_engine(url: str) -> Engine:
+def create_db_engine(url: str, *, create_folder: bool = True) -> Engine:
     """An Engine with the settings the pipeline relies on (SQLite: WAL, busy timeout, BEGIN IMMEDIATE)."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
         parsed = make_url(url)
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if create_folder and parsed.database and parsed.database != ":memory:":
+            try:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ConfigurationError(
+                    f"PROPERTY_PIPELINE_DB_URL: the folder of the SQLite file {parsed.database} cannot be created "
+                    f"({error.strerror}); point the variable at a writable place"
+                ) from None
         engine = create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
 
         @event.listens_for(engine, "connect")
@@ -128,6 +136,39 @@ def downgrade(engine: Engine, revision: str) -> tuple[str | None, str | None]:
         after = current_revision(engine)
     log.info("database schema downgraded from %s to %s", before, after or "empty")
     return before, after
+
+
+def open_existing_database(url: str) -> Engine:
+    """The database of a read-only command: never created, never migrated.
+
+    NothingThere when no pipeline database is at `url` (a typo in PROPERTY_PIPELINE_DB_URL must not
+    leave an empty database behind); SchemaOutOfDate when it needs `db upgrade`.
+    """
+    parsed = make_url(normalise_url(url))
+    where = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not Path(parsed.database).is_file():
+            raise NothingThere(
+                f"no pipeline database at {parsed.database} (PROPERTY_PIPELINE_DB_URL): nothing was captured or "
+                "registered there. Check the variable"
+            )
+    engine = create_db_engine(url, create_folder=False)
+    try:
+        revision = current_revision(engine)
+        if revision is None:
+            raise NothingThere(
+                f"the database at {where} has no pipeline tables (PROPERTY_PIPELINE_DB_URL): nothing is there yet. "
+                "Check the variable, or create them with `property-pipeline db upgrade`"
+            )
+        if revision != head_revision():
+            raise SchemaOutOfDate(
+                f"the database schema is at revision {revision}, this version needs {head_revision()}: "
+                "run `property-pipeline db upgrade` first"
+            )
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 def ensure_schema(engine: Engine) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -220,3 +221,18 @@ def campaign_totals(engine: Engine, month: str) -> list[CampaignTotals]:
             CampaignTotals(row.campaign_id, *(int(value or 0) for value in row[1:]))
             for row in conn.execute(query).all()
         ]
+
+
+def file_paths(engine: Engine, file_ids: Sequence[int]) -> dict[int, str]:
+    """{file_id: file_path} of the given files."""
+    if not file_ids:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(select(files.c.file_id, files.c.file_path).where(files.c.file_id.in_(list(file_ids)))).all()
+    return {row.file_id: row.file_path for row in rows}
+
+
+def processing_paths(engine: Engine) -> list[str]:
+    """file_path of every PROCESSING file."""
+    with engine.connect() as conn:
+        return list(conn.execute(select(files.c.file_path).where(files.c.status == PROCESSING)).scalars())

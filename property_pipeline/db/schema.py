@@ -23,9 +23,12 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    false,
+    text,
 )
 
 FILE_STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "FAILED")
+ORIGINALS_ONLY = "duplicate_of_file_id IS NULL AND NOT content_unreadable"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -94,10 +97,25 @@ batch_file_status = Table(
     Column("archived_at", UTCDateTime),
     Column("deleted_at", UTCDateTime),
     Column("archive_name", String(255)),
+    Column(
+        "content_unreadable",
+        Boolean,
+        nullable=False,
+        server_default=false(),
+        comment="empty or not a page when registered: never recorded as a duplicate",
+    ),
     CheckConstraint("status IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED')", name="status"),
     Index(None, "status", "month", "file_id"),
     Index(None, "checksum_sha256"),
     Index(None, "campaign_id", "batch_number"),
+    # One original per content (migration 0006): a second registrar of the same bytes gets a conflict.
+    Index(
+        "uq_batch_file_status_original_content",
+        "checksum_sha256",
+        unique=True,
+        postgresql_where=text(ORIGINALS_ONLY),
+        sqlite_where=text(ORIGINALS_ONLY),
+    ),
 )
 
 file_status_events = Table(

@@ -14,8 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from property_pipeline.db.schema import batch_file_status as files
@@ -59,6 +60,7 @@ class NewPayloadFile:
     file_size_bytes: int
     captured_at: datetime
     properties_count: int | None
+    content_unreadable: bool = False  # empty or not a page: never recorded as a duplicate
 
 
 @dataclass(frozen=True)
@@ -111,88 +113,132 @@ def _record_events(
         conn.execute(_INSERT_EVENT, rows)
 
 
-_REGISTERED = select(
-    files.c.file_id, files.c.file_path, files.c.status, files.c.checksum_sha256, files.c.duplicate_of_file_id
-).where(
-    or_(
-        files.c.file_path.in_(bindparam("paths", expanding=True)),
-        files.c.checksum_sha256.in_(bindparam("checksums", expanding=True)),
-    )
-)
-
-
 def register_files(conn: Connection, candidates: Sequence[NewPayloadFile], actor: str) -> list[Registration]:
-    """Register files as PENDING in the caller's transaction; idempotent per `file_path`.
+    """Register files as PENDING in the caller's transaction, one Registration per candidate, in order.
 
-    A file whose SHA-256 equals an already registered file is recorded as COMPLETED with
-    `duplicate_of_file_id` set and nothing to load, so its records are never loaded twice.
-    A few statements per call, not per file: the originals, then the duplicates, then the events.
+    Idempotent per `file_path`. One original per content is the database's rule (a unique index on
+    the checksum of originals): a file whose bytes equal a registered original is recorded as
+    COMPLETED with `duplicate_of_file_id` set and nothing to load, so its records never load twice,
+    whoever registers at the same time. A file that was empty or not a page (`content_unreadable`)
+    is always its own original. A few statements per call, not per file.
     """
-    if not candidates:
-        return []
-    paths = [c.file_path for c in candidates]
-    wanted_paths = set(paths)
-    checksums = {c.checksum_sha256 for c in candidates}
-    # One look-up for both questions: which paths are registered, and the original of each checksum.
-    existing = {}
-    originals: dict[str, int] = {}
-    for row in conn.execute(_REGISTERED, {"paths": paths, "checksums": list(checksums)}):
-        if row.file_path in wanted_paths:
-            existing[row.file_path] = row
-        if row.checksum_sha256 in checksums and row.duplicate_of_file_id is None:
-            originals[row.checksum_sha256] = min(row.file_id, originals.get(row.checksum_sha256, row.file_id))
-    now = utcnow()
-    # The first new file of each unknown checksum is an original; every other new file is a duplicate,
-    # inserted once the originals have their ids.
-    fresh: list[NewPayloadFile] = []
-    duplicates: list[NewPayloadFile] = []
-    first_of_checksum: set[str] = set(originals)
-    seen_paths: set[str] = set(existing)
+    first_of_path: dict[str, NewPayloadFile] = {}
     for candidate in candidates:
-        if candidate.file_path in seen_paths:
-            continue
-        seen_paths.add(candidate.file_path)
-        if candidate.checksum_sha256 in first_of_checksum:
-            duplicates.append(candidate)
-        else:
-            first_of_checksum.add(candidate.checksum_sha256)
-            fresh.append(candidate)
-    created: dict[str, Registration] = {}
-    inserted = _insert_new_files(conn, [_new_row(c, now) for c in fresh])
-    for candidate in fresh:
-        if candidate.file_path in inserted:
-            file_id = inserted[candidate.file_path]
-            originals[candidate.checksum_sha256] = file_id
-            created[candidate.file_path] = Registration(file_id, candidate.file_path, PENDING, True)
-    duplicate_rows = []
-    for candidate in duplicates:
-        original = originals.get(candidate.checksum_sha256)
-        if original is None:  # its original lost a race for its path: register this one as an original
-            duplicate_rows.append(_new_row(candidate, now))
-            continue
-        row = _new_row(candidate, now)
+        first_of_path.setdefault(candidate.file_path, candidate)
+    registered = _registrations_by_path(conn, list(first_of_path))
+    unknown = [candidate for path, candidate in first_of_path.items() if path not in registered]
+    now = utcnow()
+    # Every unknown file is offered as an original; within the call, the first of each content wins.
+    created = _insert(conn, _originals_statement(conn.dialect.name), [_row(c, now) for c in unknown])
+    # The others lost on their content (an original of the same bytes exists, maybe committed a
+    # moment ago by another registrar) or on their path (registered meanwhile by someone else).
+    lost = [candidate for candidate in unknown if candidate.file_path not in created]
+    originals = _originals_of(conn, {c.checksum_sha256 for c in lost if not c.content_unreadable})
+    duplicates = [
+        _row(c, now, duplicate_of=originals[c.checksum_sha256]) for c in lost if c.checksum_sha256 in originals
+    ]
+    created.update(_insert(conn, _duplicates_statement(conn.dialect.name), duplicates))
+    _record_registrations(conn, list(created.values()), actor, now)
+    missing = [path for path in first_of_path if path not in registered and path not in created]
+    registered.update(_registrations_by_path(conn, missing))  # registered by a racing registrar
+    unaccounted = [path for path in missing if path not in registered]
+    if unaccounted:  # neither inserted nor registered: nothing but a concurrent deletion of rows can do this
+        raise RuntimeError(f"registration of {unaccounted[:3]} conflicted with rows that are gone; run it again")
+    return [created.get(c.file_path) or registered[c.file_path] for c in candidates]
+
+
+def _registrations_by_path(conn: Connection, paths: Sequence[str]) -> dict[str, Registration]:
+    """{file_path: Registration(created=False)} of the paths already registered."""
+    if not paths:
+        return {}
+    query = select(files.c.file_id, files.c.file_path, files.c.status, files.c.duplicate_of_file_id).where(
+        files.c.file_path.in_(paths)
+    )
+    return {
+        row.file_path: Registration(row.file_id, row.file_path, row.status, False, row.duplicate_of_file_id)
+        for row in conn.execute(query)
+    }
+
+
+def _originals_of(conn: Connection, checksums: set[str]) -> dict[str, int]:
+    """{checksum: file_id} of the registered original of each content."""
+    if not checksums:
+        return {}
+    query = select(files.c.checksum_sha256, files.c.file_id).where(
+        files.c.checksum_sha256.in_(sorted(checksums)),
+        files.c.duplicate_of_file_id.is_(None),
+        files.c.content_unreadable.is_(False),
+    )
+    return {row.checksum_sha256: row.file_id for row in conn.execute(query)}
+
+
+def _row(candidate: NewPayloadFile, now: datetime, *, duplicate_of: int | None = None) -> dict[str, object]:
+    row: dict[str, object] = {
+        "file_path": candidate.file_path,
+        "campaign_id": candidate.campaign_id,
+        "batch_number": candidate.batch_number,
+        "month": candidate.month,
+        "checksum_sha256": candidate.checksum_sha256,
+        "file_size_bytes": candidate.file_size_bytes,
+        "captured_at": candidate.captured_at,
+        "properties_count": candidate.properties_count,
+        "content_unreadable": candidate.content_unreadable,
+        "created_at": now,
+        "status": PENDING,
+    }
+    if duplicate_of is not None:
         row.update(
             status=COMPLETED,
-            duplicate_of_file_id=original,
+            duplicate_of_file_id=duplicate_of,
             processed_at=now,
             success_count=0,
             error_count=0,
             processing_time_ms=0,
-            error_details=None,
         )
-        duplicate_rows.append(row)
-    for values in (
-        [row for row in duplicate_rows if "duplicate_of_file_id" not in row],
-        [row for row in duplicate_rows if "duplicate_of_file_id" in row],
-    ):
-        inserted = _insert_new_files(conn, values)
-        for row in values:
-            if row["file_path"] in inserted:
-                duplicate_of = row.get("duplicate_of_file_id")
-                created[row["file_path"]] = Registration(
-                    inserted[row["file_path"]], row["file_path"], row["status"], True, duplicate_of
-                )
-    event_rows = [
+    return row
+
+
+def _insert(conn: Connection, statement: Any, rows: Sequence[dict[str, object]]) -> dict[str, Registration]:
+    """Run an INSERT ... ON CONFLICT DO NOTHING RETURNING over the rows; the registrations it created."""
+    if not rows:
+        return {}
+    by_path = {row["file_path"]: row for row in rows}
+    return {
+        inserted.file_path: Registration(
+            inserted.file_id,
+            inserted.file_path,
+            str(by_path[inserted.file_path]["status"]),
+            True,
+            by_path[inserted.file_path].get("duplicate_of_file_id"),  # type: ignore[arg-type]
+        )
+        for inserted in conn.execute(statement, list(rows))
+    }
+
+
+def _dialect_insert(dialect: str) -> Any:
+    insert_into = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+    if insert_into is None:
+        raise NotImplementedError(f"database {dialect!r} is not supported (use SQLite or PostgreSQL)")
+    return insert_into(files)
+
+
+@cache
+def _originals_statement(dialect: str) -> Any:
+    # No conflict target: a row is skipped when its path is registered or an original has its content.
+    return _dialect_insert(dialect).on_conflict_do_nothing().returning(files.c.file_path, files.c.file_id)
+
+
+@cache
+def _duplicates_statement(dialect: str) -> Any:
+    return (
+        _dialect_insert(dialect)
+        .on_conflict_do_nothing(index_elements=["file_path"])
+        .returning(files.c.file_path, files.c.file_id)
+    )
+
+
+def _record_registrations(conn: Connection, created: Sequence[Registration], actor: str, now: datetime) -> None:
+    rows = [
         {
             "file_id": registration.file_id,
             "at": now,
@@ -205,61 +251,10 @@ def register_files(conn: Connection, candidates: Sequence[NewPayloadFile], actor
                 else None
             ),
         }
-        for registration in created.values()
+        for registration in created
     ]
-    if event_rows:
-        conn.execute(_INSERT_EVENT, event_rows)
-    # Paths registered by someone else (before this call, or racing with it): as they are now.
-    raced = [path for path in paths if path not in created and path not in existing]
-    if raced:
-        for row in conn.execute(
-            select(files.c.file_id, files.c.file_path, files.c.status).where(files.c.file_path.in_(raced))
-        ):
-            existing[row.file_path] = row
-    results = []
-    for path in paths:
-        registration = created.pop(path, None)  # a path listed twice is created once
-        if registration is None:
-            row = existing.get(path) or next(r for r in results if r.file_path == path)
-            registration = Registration(row.file_id, path, row.status, created=False)
-        results.append(registration)
-    return results
-
-
-def _new_row(candidate: NewPayloadFile, now: datetime) -> dict[str, object]:
-    return {
-        "file_path": candidate.file_path,
-        "campaign_id": candidate.campaign_id,
-        "batch_number": candidate.batch_number,
-        "month": candidate.month,
-        "checksum_sha256": candidate.checksum_sha256,
-        "file_size_bytes": candidate.file_size_bytes,
-        "captured_at": candidate.captured_at,
-        "properties_count": candidate.properties_count,
-        "created_at": now,
-        "status": PENDING,
-    }
-
-
-def _insert_new_files(conn: Connection, rows: Sequence[dict[str, object]]) -> dict[str, int]:
-    """INSERT the rows (one statement per batch), skipping paths already registered; {file_path: file_id} inserted."""
-    if not rows:
-        return {}
-    return {
-        row.file_path: row.file_id for row in conn.execute(_insert_new_files_statement(conn.dialect.name), list(rows))
-    }
-
-
-@cache
-def _insert_new_files_statement(dialect: str):  # type: ignore[no-untyped-def]
-    insert_into = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
-    if insert_into is None:
-        raise NotImplementedError(f"database {dialect!r} is not supported (use SQLite or PostgreSQL)")
-    return (
-        insert_into(files)
-        .on_conflict_do_nothing(index_elements=["file_path"])
-        .returning(files.c.file_path, files.c.file_id)
-    )
+    if rows:
+        conn.execute(_INSERT_EVENT, rows)
 
 
 # The statements of the per-file transitions are built once: building a statement costs the
@@ -267,12 +262,14 @@ def _insert_new_files_statement(dialect: str):  # type: ignore[no-untyped-def]
 
 
 @cache
-def _claim_statement(by_month: bool, by_file_ids: bool):  # type: ignore[no-untyped-def]
+def _claim_statement(by_month: bool, by_file_ids: bool, excluding: bool):  # type: ignore[no-untyped-def]
     conditions = [files.c.status == PENDING]
     if by_month:
         conditions.append(files.c.month == bindparam("scope_month"))
     if by_file_ids:
         conditions.append(files.c.file_id.in_(bindparam("scope_file_ids", expanding=True)))
+    if excluding:
+        conditions.append(files.c.file_id.not_in(bindparam("scope_excluded", expanding=True)))
     candidate = (
         select(files.c.file_id)
         .where(*conditions)
@@ -301,8 +298,10 @@ def claim_next_pending(
     *,
     month: str | None = None,
     file_ids: Sequence[int] | None = None,
+    excluding: Sequence[int] = (),
 ) -> PayloadFile | None:
-    """Atomically move the oldest PENDING file (in scope) to PROCESSING for `worker`; None when none is left.
+    """Atomically move the oldest PENDING file (in scope, not in `excluding`) to PROCESSING for `worker`; None when
+    none is left.
 
     PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait on each other's row.
     SQLite: the transaction starts with BEGIN IMMEDIATE, which serializes claims.
@@ -315,13 +314,15 @@ def claim_next_pending(
         parameters["scope_month"] = month
     if file_ids is not None:
         parameters["scope_file_ids"] = list(file_ids)
+    if excluding:
+        parameters["scope_excluded"] = list(excluding)
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # The claim need not wait for its WAL to reach disk: a server crash that loses it also
             # ends this processor's connection, so the file is just PENDING again and nothing of it
             # was loaded. The file's data transaction commits synchronously, flushing the claim too.
             conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-        statement = _claim_statement(month is not None, file_ids is not None)
+        statement = _claim_statement(month is not None, file_ids is not None, bool(excluding))
         row = conn.execute(statement, parameters).first()
         if row is None:
             return None
@@ -459,12 +460,21 @@ def release_claim(engine: Engine, file_id: int, worker: str, reason: str) -> boo
 
 
 def requeue_expired_claims(engine: Engine, actor: str, now: datetime | None = None) -> list[int]:
-    """PROCESSING files whose lease has expired (their processor died) go back to PENDING."""
+    """PROCESSING files whose lease has expired (their processor died) go back to PENDING.
+
+    A row still locked by an open transaction is skipped, not waited for: its processor is alive
+    (suspended, or slow) inside the file's data transaction; it is requeued once that session ends.
+    """
     now = now or utcnow()
+    expired = (
+        select(files.c.file_id)
+        .where(files.c.status == PROCESSING, files.c.locked_until < now)
+        .with_for_update(skip_locked=True)
+    )
     with engine.begin() as conn:
         rows = conn.execute(
             update(files)
-            .where(files.c.status == PROCESSING, files.c.locked_until < now)
+            .where(files.c.file_id.in_(expired), files.c.status == PROCESSING)
             .values(status=PENDING, locked_by=None, locked_until=None)
             .returning(files.c.file_id)
         ).all()

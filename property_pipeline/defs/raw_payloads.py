@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 from sqlalchemy import Engine
 
-from property_pipeline.capture import CampaignConfigError, CaptureError, CaptureReport, capture_campaign
+from property_pipeline.capture import CampaignConfigError, CaptureReport, capture_campaigns
 from property_pipeline.db.queries import campaign_totals
 from property_pipeline.defs.metadata import markdown_table
 from property_pipeline.defs.partitions import current_month, monthly_partitions
@@ -51,7 +51,7 @@ def raw_property_payloads(
     else:
         context.log.info(f"{month} is a past month: nothing is captured; the files on disk are registered and reported")
     registration = register_unregistered(
-        engine, root, f"dagster-run:{context.run.run_id}", month, max_payload_bytes=payload_store.max_payload_bytes
+        engine, root, f"dagster-run:{context.run.run_id}", month, rules=payload_store.drop_in_rules()
     )
     for path, reason in registration.skipped:
         context.log.warning(f"not registered: {path}: {reason}")
@@ -77,23 +77,19 @@ def _capture_enabled_campaigns(
         enabled = campaigns.enabled()
     except CampaignConfigError as error:
         return [], [str(error)]
-    reports: list[CaptureReport] = []
-    failures: list[str] = []
+
+    def log_report(report: CaptureReport) -> None:
+        context.log.info(
+            f"campaign {report.campaign_id}: {report.pages} pages, {report.records} records, {report.bytes} bytes"
+        )
+
     with property_api.client() as client:
-        for campaign in enabled:
-            try:
-                report = capture_campaign(
-                    engine, root, client, campaign, max_pages=config.max_pages, resume=config.resume
-                )
-            except CaptureError as error:
-                report = error.report
-                failures.append(str(error))
-                context.log.error(str(error))
-            reports.append(report)
-            context.log.info(
-                f"campaign {campaign.campaign_id}: {report.pages} pages, {report.records} records, {report.bytes} bytes"
-            )
-    return reports, failures
+        done = capture_campaigns(
+            engine, root, client, enabled, max_pages=config.max_pages, resume=config.resume, on_report=log_report
+        )
+    for failure in done.failures:
+        context.log.error(failure)
+    return done.reports, done.failures
 
 
 def month_metadata(

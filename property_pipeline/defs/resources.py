@@ -17,11 +17,16 @@ from sqlalchemy import Engine
 from property_pipeline.api.client import PropertySearchClient
 from property_pipeline.capture import Campaign, load_campaigns
 from property_pipeline.db.engine import create_db_engine, ensure_schema
+from property_pipeline.registration import DropInRules
 from property_pipeline.settings import (
+    DEFAULT_API_MAX_ATTEMPTS,
+    DEFAULT_CLOCK_SKEW_SECONDS,
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_PAGE_DEADLINE_SECONDS,
     DEFAULT_PAGE_SIZE,
     DEFAULT_RETENTION_MONTHS,
+    DEFAULT_SETTLE_SECONDS,
     Settings,
 )
 from property_pipeline.store.layout import PayloadRoot
@@ -35,6 +40,19 @@ class PayloadStore(dg.ConfigurableResource):
         default=DEFAULT_MAX_PAYLOAD_BYTES,
         description="Largest payload file that is read; larger ones FAIL unread (PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES).",
     )
+    settle_seconds: int = Field(
+        default=DEFAULT_SETTLE_SECONDS,
+        description="A dropped-in file that is not a complete page is registered once unchanged this long "
+        "(PROPERTY_PIPELINE_SETTLE_SECONDS).",
+    )
+    clock_skew_seconds: int = Field(
+        default=DEFAULT_CLOCK_SKEW_SECONDS,
+        description="How far in the future a payload name's timestamp may lie (PROPERTY_PIPELINE_CLOCK_SKEW_SECONDS).",
+    )
+
+    def drop_in_rules(self) -> DropInRules:
+        """When a file on disk may be registered."""
+        return DropInRules(self.max_payload_bytes, self.settle_seconds, self.clock_skew_seconds)
 
     def root(self) -> PayloadRoot:
         """The payload root with its folders created."""
@@ -75,10 +93,28 @@ class PropertyApi(dg.ConfigurableResource):
     base_url: str = Field(description="API root (PROPERTY_API_BASE_URL).")
     api_key: str | None = Field(default=None, description="Sent as x-api-key (PROPERTY_API_KEY).")
     page_size: int = Field(default=DEFAULT_PAGE_SIZE, description="Records per page (PROPERTY_API_PAGE_SIZE).")
+    max_attempts: int = Field(
+        default=DEFAULT_API_MAX_ATTEMPTS, description="Attempts per page before giving up (PROPERTY_API_MAX_ATTEMPTS)."
+    )
+    page_deadline_seconds: int = Field(
+        default=DEFAULT_PAGE_DEADLINE_SECONDS,
+        description="Longest one attempt at a page may take (PROPERTY_API_PAGE_DEADLINE_SECONDS).",
+    )
+    max_page_bytes: int = Field(
+        default=DEFAULT_MAX_PAYLOAD_BYTES,
+        description="Largest page stored; larger ones are refused unstored (PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES).",
+    )
 
     def client(self) -> PropertySearchClient:
         """A new client; use it as a context manager."""
-        return PropertySearchClient(self.base_url, self.api_key, page_size=self.page_size)
+        return PropertySearchClient(
+            self.base_url,
+            self.api_key,
+            page_size=self.page_size,
+            max_attempts=self.max_attempts,
+            max_page_bytes=self.max_page_bytes,
+            page_deadline=self.page_deadline_seconds,
+        )
 
 
 class CampaignCatalog(dg.ConfigurableResource):
@@ -113,6 +149,8 @@ def pipeline_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]
         "payload_store": PayloadStore(
             logs_dir=_env_or("PROPERTY_PIPELINE_LOGS_DIR", str(settings.logs_dir)),
             max_payload_bytes=settings.max_payload_bytes,
+            settle_seconds=settings.settle_seconds,
+            clock_skew_seconds=settings.clock_skew_seconds,
         ),
         "database": PipelineDatabase(
             url=_env_or("PROPERTY_PIPELINE_DB_URL", settings.db_url), lease_seconds=settings.lease_seconds
@@ -121,6 +159,9 @@ def pipeline_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]
             base_url=settings.api_base_url,
             api_key=_env_or("PROPERTY_API_KEY", None),
             page_size=settings.page_size,
+            max_attempts=settings.api_max_attempts,
+            page_deadline_seconds=settings.api_page_deadline_seconds,
+            max_page_bytes=settings.max_payload_bytes,
         ),
         "campaigns": CampaignCatalog(path=str(settings.campaigns_file)),
         "retention_policy": RetentionPolicy(keep_months=settings.retention_months, archive=settings.archive_enabled),

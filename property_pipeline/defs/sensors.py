@@ -81,11 +81,7 @@ def build_registration_sensor(
             settled_before_ns=time.time_ns() - int(settle_seconds * 1e9),
         )
         report = register_paths(
-            engine,
-            root,
-            scan.paths,
-            f"dagster-sensor:{SENSOR_NAME}",
-            max_payload_bytes=payload_store.max_payload_bytes,
+            engine, root, scan.paths, f"dagster-sensor:{SENSOR_NAME}", rules=payload_store.drop_in_rules()
         )
         for path, reason in report.skipped:
             context.log.warning(f"not registered: {path}: {reason}")

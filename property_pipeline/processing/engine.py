@@ -5,25 +5,39 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from property_pipeline.db import status
 from property_pipeline.db.status import PayloadFile
 from property_pipeline.processing.loader import load_records
 from property_pipeline.processing.memory import fewer_garbage_collections
-from property_pipeline.processing.parse import PayloadFormatError, read_page
+from property_pipeline.processing.parse import PayloadFormatError, PayloadPage, read_page
+from property_pipeline.processing.requeue import prepare_backlog
 from property_pipeline.settings import DEFAULT_MAX_PAYLOAD_BYTES
 from property_pipeline.store import markers
 from property_pipeline.store.layout import PayloadPathError, PayloadRoot
 
 log = logging.getLogger(__name__)
+
+# Outcomes of one claimed file besides COMPLETED and FAILED (neither is a file state):
+LOST = "LOST"  # another worker owns the file now: this one's lease had expired
+DEFERRED = "DEFERRED"  # given back to PENDING: other processors' locks on its properties did not clear in time
+
+# A file's transaction waits at most this long for a lock another processor holds, and is tried this
+# many times (with a growing, jittered pause) before the file is given back for a later run.
+LOCK_TIMEOUT_SECONDS = 10
+CONFLICT_ATTEMPTS = 4
+# SQLSTATEs of a transaction that lost to a concurrent one: deadlock, serialization failure, lock timeout.
+CONFLICT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 
 
 def new_worker_id() -> str:
@@ -35,11 +49,15 @@ class FileProblem(Exception):
     """A file-level problem: the file is marked FAILED with this message and the run goes on."""
 
 
+class ConflictsPersisted(Exception):
+    """The file's transaction kept losing to concurrent transactions; the file goes back to PENDING."""
+
+
 @dataclass(frozen=True)
 class FileOutcome:
     file_id: int
     file_path: str
-    status: str  # COMPLETED, FAILED, or LOST (another worker took it over)
+    status: str  # COMPLETED or FAILED (the file's new state), LOST or DEFERRED (see above)
     properties_count: int
     success_count: int
     error_count: int
@@ -68,6 +86,10 @@ class ProcessingReport:
         return self._count(status.FAILED)
 
     @property
+    def deferred(self) -> list[FileOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.status == DEFERRED]
+
+    @property
     def records_loaded(self) -> int:
         return sum(outcome.success_count for outcome in self.outcomes)
 
@@ -87,6 +109,11 @@ class ProcessingReport:
 ProgressCallback = Callable[[FileOutcome], None]
 
 
+def is_conflict(error: OperationalError) -> bool:
+    """True when the database aborted the transaction because of a concurrent one (worth trying again)."""
+    return getattr(error.orig, "sqlstate", None) in CONFLICT_SQLSTATES
+
+
 class PayloadProcessor:
     """Processes registered payload files exactly once; any number of processors may run at once."""
 
@@ -104,6 +131,7 @@ class PayloadProcessor:
         self.lease_seconds = lease_seconds
         self.worker = worker or new_worker_id()
         self.max_payload_bytes = max_payload_bytes
+        self._random = random.Random()  # noqa: S311 - retry jitter, not secrets
 
     def run(
         self,
@@ -114,28 +142,30 @@ class PayloadProcessor:
         limit: int | None = None,
         on_file: ProgressCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
+        prepare: bool = True,
     ) -> ProcessingReport:
         """Process PENDING files in scope (and FAILED ones first put back, when asked) until none is left, `limit`
-        files are done, or `should_stop()` says so (asked before each claim)."""
+        files are done, or `should_stop()` says so (asked before each claim). `prepare=False` skips putting
+        expired and failed files back (a parent process did it for its workers)."""
         started = time.perf_counter()
         report = ProcessingReport(worker=self.worker)
-        report.requeued = status.requeue_expired_claims(self.engine, self.worker)
-        for file_id in report.requeued:
-            log.warning("file %s: lease expired, its processor stopped; back to PENDING", file_id)
-        if include_failed:
-            report.retried = status.retry_failed(
-                self.engine, self.worker, file_ids=file_ids, month=month, all_failed=True
+        if prepare:
+            report.requeued, report.retried = prepare_backlog(
+                self.engine, self.root, self.worker, month=month, file_ids=file_ids, include_failed=include_failed
             )
+        deferred: list[int] = []  # given back during this run: not claimed again by it
         with fewer_garbage_collections():
             while limit is None or len(report.outcomes) < limit:
                 if should_stop is not None and should_stop():
                     break
                 claimed = status.claim_next_pending(
-                    self.engine, self.worker, self.lease_seconds, month=month, file_ids=file_ids
+                    self.engine, self.worker, self.lease_seconds, month=month, file_ids=file_ids, excluding=deferred
                 )
                 if claimed is None:
                     break
                 outcome = self.process_claimed(claimed)
+                if outcome.status == DEFERRED:
+                    deferred.append(outcome.file_id)
                 report.outcomes.append(outcome)
                 if on_file is not None:
                     on_file(outcome)
@@ -143,7 +173,11 @@ class PayloadProcessor:
         return report
 
     def process_claimed(self, payload: PayloadFile) -> FileOutcome:
-        """Load one claimed file in one transaction, or mark it FAILED; markers follow the database."""
+        """Load one claimed file in one transaction, or mark it FAILED; markers follow the database.
+
+        An interruption (Ctrl-C, a signal turned into an exception) gives the claim back before it
+        propagates, so the file is PENDING again at once instead of after its lease.
+        """
         started = time.perf_counter()
         copy = None
         try:
@@ -161,35 +195,75 @@ class PayloadProcessor:
                     "Raise the limit if the file is genuine, then retry"
                 )
             copy = markers.processing_copy(self.root, payload.file_id, source)
-            # Read once: the bytes that are checked against the checksum are the very bytes parsed.
-            body = copy.read_bytes()
-            checksum = hashlib.sha256(body).hexdigest()
-            if checksum != payload.checksum_sha256:
-                raise FileProblem(
-                    f"checksum mismatch for {payload.file_path}: registered {payload.checksum_sha256}, "
-                    f"now {checksum}; the file changed after capture and was not loaded. "
-                    "Restore the original bytes, then retry"
-                )
+            with open(copy, "rb") as handle:  # held open: the copy's name may be tidied away, never its bytes
+                outcome = self._load(payload, handle, started)
+        except status.LostClaim as error:
+            log.warning("%s", error)
+            return FileOutcome(payload.file_id, payload.file_path, LOST, 0, 0, 0, 0, str(error))
+        except (FileProblem, PayloadPathError, OSError) as error:
+            outcome = self._fail(payload, str(error), started)
+        except ConflictsPersisted as error:
+            self._release_quietly(payload, str(error))
+            log.warning("file %s deferred: %s", payload.file_id, error)
+            return FileOutcome(payload.file_id, payload.file_path, DEFERRED, 0, 0, 0, 0, str(error))
+        except OperationalError:
+            # The database went away mid-file: nothing was committed. Give the file back and stop.
+            self._release_quietly(payload, "database connection lost during processing")
+            raise
+        except DBAPIError as error:
+            message = str(error.orig) if error.orig is not None else str(error)
+            outcome = self._fail(payload, f"{payload.file_path}: the database refused the data: {message}", started)
+        except BaseException:
+            self._release_quietly(payload, "processing interrupted")
+            raise
+        finally:
+            if copy is not None:
+                markers.drop_processing_copy(copy)
+        markers.follow(
+            self.root,
+            payload.file_path,
+            outcome.status,
+            file_id=payload.file_id,
+            success_count=outcome.success_count,
+            error_count=outcome.error_count,
+            error=outcome.error,
+        )
+        return outcome
+
+    def _load(self, payload: PayloadFile, handle: BinaryIO, started: float) -> FileOutcome:
+        """Verify, parse and load the file in one transaction; a transaction that loses to a concurrent one is
+        rolled back and tried again (the file read again) a bounded number of times."""
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            page = self._read(payload, handle)
             try:
-                page = read_page(body)
-            except PayloadFormatError as error:
-                raise FileProblem(f"{payload.file_path}: {error}") from None
-            del body
-            with self.engine.begin() as conn:
-                status.hold_claim(conn, payload.file_id, self.worker)
-                # Records are validated while they load: the counts are known once load_records returns.
-                load_records(conn, payload, page)
-                elapsed_ms = int((time.perf_counter() - started) * 1000)
-                status.mark_completed(
-                    conn,
-                    payload.file_id,
-                    self.worker,
-                    properties_count=page.properties_count,
-                    success_count=page.accepted,
-                    error_count=len(page.rejected),
-                    processing_time_ms=elapsed_ms,
-                )
-            outcome = FileOutcome(
+                with self.engine.begin() as conn:
+                    self._bound_waits(conn)
+                    status.hold_claim(conn, payload.file_id, self.worker)
+                    # Records are validated while they load: the counts are known once load_records returns.
+                    load_records(conn, payload, page)
+                    elapsed_ms = int((time.perf_counter() - started) * 1000)
+                    status.mark_completed(
+                        conn,
+                        payload.file_id,
+                        self.worker,
+                        properties_count=page.properties_count,
+                        success_count=page.accepted,
+                        error_count=len(page.rejected),
+                        processing_time_ms=elapsed_ms,
+                    )
+            except OperationalError as error:
+                if not is_conflict(error):
+                    raise
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise ConflictsPersisted(
+                        f"{payload.file_path}: its transaction lost {attempt} times to concurrent processors "
+                        f"({error.orig}); nothing of it was loaded and it is PENDING again for the next run"
+                    ) from None
+                pause = self._random.uniform(0, 0.2 * 2**attempt)
+                log.info("file %s: %s; trying again in %.2fs", payload.file_id, error.orig, pause)
+                time.sleep(pause)
+                continue
+            return FileOutcome(
                 payload.file_id,
                 payload.file_path,
                 status.COMPLETED,
@@ -198,41 +272,44 @@ class PayloadProcessor:
                 len(page.rejected),
                 elapsed_ms,
             )
-        except status.LostClaim as error:
-            log.warning("%s", error)
-            return FileOutcome(payload.file_id, payload.file_path, "LOST", 0, 0, 0, 0, str(error))
-        except (FileProblem, PayloadPathError, OSError) as error:
-            outcome = self._fail(payload, str(error), started)
-        except OperationalError:
-            # The database went away mid-file: nothing was committed. Give the file back and stop.
-            self._release_quietly(payload, "database connection lost during processing")
-            raise
-        except DBAPIError as error:
-            message = str(error.orig) if error.orig is not None else str(error)
-            outcome = self._fail(payload, f"{payload.file_path}: the database refused the data: {message}", started)
-        finally:
-            if copy is not None:
-                markers.drop_processing_copy(copy)
-        if outcome.status == "LOST":
-            return outcome
-        markers.mark_processed(
-            self.root,
-            payload.file_path,
-            {
-                "file_id": payload.file_id,
-                "status": outcome.status,
-                "success_count": outcome.success_count,
-                "error_count": outcome.error_count,
-                "error": outcome.error,
-            },
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _read(self, payload: PayloadFile, handle: BinaryIO) -> PayloadPage:
+        # Read once per attempt: the bytes checked against the checksum are the very bytes parsed.
+        handle.seek(0)
+        body = handle.read()
+        checksum = hashlib.sha256(body).hexdigest()
+        if checksum != payload.checksum_sha256:
+            raise FileProblem(
+                f"checksum mismatch for {payload.file_path}: registered {payload.checksum_sha256}, "
+                f"now {checksum}; the file changed after capture and was not loaded. "
+                "Restore the original bytes, then retry"
+            )
+        try:
+            return read_page(body)
+        except PayloadFormatError as error:
+            raise FileProblem(f"{payload.file_path}: {error}") from None
+
+    def _bound_waits(self, conn: Connection) -> None:
+        """PostgreSQL: the file's transaction waits at most LOCK_TIMEOUT_SECONDS for a lock, and its session is
+        ended by the server if it sits idle inside the transaction (a suspended processor) or runs one statement
+        for longer than a lease, so that its row locks never hold the other processors up for good."""
+        if conn.dialect.name != "postgresql":
+            return
+        lease = f"{self.lease_seconds}s"
+        conn.execute(
+            select(
+                func.set_config("lock_timeout", f"{LOCK_TIMEOUT_SECONDS}s", True),
+                func.set_config("idle_in_transaction_session_timeout", lease, True),
+                func.set_config("statement_timeout", lease, True),
+            )
         )
-        return outcome
 
     def _fail(self, payload: PayloadFile, message: str, started: float) -> FileOutcome:
         elapsed_ms = int((time.perf_counter() - started) * 1000)
         log.error("file %s FAILED: %s", payload.file_id, message)
         if not status.mark_failed(self.engine, payload.file_id, self.worker, message, processing_time_ms=elapsed_ms):
-            return FileOutcome(payload.file_id, payload.file_path, "LOST", 0, 0, 0, elapsed_ms, message)
+            return FileOutcome(payload.file_id, payload.file_path, LOST, 0, 0, 0, elapsed_ms, message)
         return FileOutcome(
             payload.file_id, payload.file_path, status.FAILED, payload.properties_count or 0, 0, 0, elapsed_ms, message
         )

@@ -169,36 +169,47 @@ def _load_postgresql(conn: Connection, payload: PayloadFile, page: PayloadPage) 
     """Stream the records into a COPY as they are validated, so the server works while Python validates.
 
     Properties the table does not hold yet go straight into `properties` (the cost of a plain COPY);
-    known ones are upserted from a staging table, newest wins. Records are taken in id order, one
-    order for every file, so two processors loading the same new properties wait, never deadlock.
+    known ones are upserted from a staging table, newest wins. Every transaction takes its row locks
+    in the same order, new ids first (ascending) then known ids (ascending), which cannot deadlock:
+    an id known to one transaction is committed, so no other one can hold it as a new insert. When a
+    "new" id was committed by another processor meanwhile, the COPY fails on it: everything since the
+    savepoint is undone and the load starts again from a fresh look at which ids are known.
     """
     captured = payload.captured_at
     lineage = (payload.file_id, payload.campaign_id, captured, captured, captured)
+    ids_list = [i for i in page.ids() if i is not None]
+    ids = _text_array(ids_list)
     driver = conn.connection.driver_connection  # psycopg 3
+    first_pass: Iterator[PropertyRecord] | None = page.records(by_id=True)  # validated as the first COPY takes them
+    every_record: list[PropertyRecord] = []  # all of them, once the first pass was cut short
     with driver.cursor() as cursor:  # type: ignore[union-attr]
-        cursor.execute(PG_KNOWN, (_text_array([i for i in page.ids() if i is not None]),))
-        known = {row[0] for row in cursor}
-        records = page.records(by_id=True)
-        accepted: list[PropertyRecord] = []
-        to_upsert: list[PropertyRecord] = []
-        cursor.execute("SAVEPOINT new_properties")
-        try:
-            with cursor.copy(PG_COPY_NEW) as copy:
-                copy.set_types(PG_COPY_TYPES)
-                for record in records:
-                    accepted.append(record)
-                    if record.property_id in known:
-                        to_upsert.append(record)
-                    else:
-                        copy.write_row((record.property_id, *record.values, record.raw_json, *lineage))
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
-            # Another processor inserted one of them meanwhile (the COPY waited for its commit): undo the
-            # COPY and upsert them all.
-            cursor.execute("ROLLBACK TO SAVEPOINT new_properties")
-            accepted.extend(records)  # validate the records the COPY had not reached
-            to_upsert = accepted
+        # Each lost race means another processor committed one of this file's "new" ids, so the known ids
+        # grow with every attempt: at most one attempt per id, and in practice a few.
+        for _attempt in range(len(ids_list) + 1):
+            cursor.execute(PG_KNOWN, (ids,))
+            known = {row[0] for row in cursor}
+            accepted: list[PropertyRecord] = []
+            to_upsert: list[PropertyRecord] = []
+            cursor.execute("SAVEPOINT load_records")
+            try:
+                with cursor.copy(PG_COPY_NEW) as copy:
+                    copy.set_types(PG_COPY_TYPES)
+                    for record in first_pass if first_pass is not None else every_record:
+                        accepted.append(record)
+                        if record.property_id in known:
+                            to_upsert.append(record)
+                        else:
+                            copy.write_row((record.property_id, *record.values, record.raw_json, *lineage))
+            except psycopg.errors.UniqueViolation:
+                cursor.execute("ROLLBACK TO SAVEPOINT load_records")
+                if first_pass is not None:
+                    every_record = accepted + list(first_pass)  # validate the records the COPY had not reached
+                    first_pass = None
+                continue
+            cursor.execute("RELEASE SAVEPOINT load_records")
+            break
         else:
-            cursor.execute("RELEASE SAVEPOINT new_properties")
+            raise AssertionError("every id became known, yet the COPY of new ids kept failing")
         if to_upsert:
             cursor.execute(PG_CREATE_STAGE)
             with cursor.copy(PG_COPY) as copy:

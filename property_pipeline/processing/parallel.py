@@ -8,31 +8,41 @@ as with separate `process` commands. The parent claims nothing: it puts expired 
 failed files back first, then collects each worker's outcomes as they happen, for the progress
 display and one merged report.
 
+Stopping: the workers never outlive the command. Each asks the kernel for SIGTERM when its parent
+dies (SIGKILL included) and checks that its parent is still the one that forked it; on SIGTERM or
+Ctrl-C a worker finishes the file it holds (or gives it back) and claims no more. The parent turns
+SIGTERM and Ctrl-C into `ProcessingInterrupted`, after its workers have stopped.
+
 Workers are forked, so they start at once and share the parent's imported code; where fork is
 not available (or one worker is asked for) the work runs in this process.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
+import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from types import FrameType
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from property_pipeline.db import status
 from property_pipeline.processing.engine import (
     PayloadProcessor,
     ProcessingReport,
     ProgressCallback,
     new_worker_id,
 )
+from property_pipeline.processing.requeue import prepare_backlog
 from property_pipeline.settings import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_PAYLOAD_BYTES
 from property_pipeline.store.layout import PayloadRoot
 
@@ -40,6 +50,7 @@ log = logging.getLogger(__name__)
 
 # More workers than this stop paying on one database server: they contend for its CPU and WAL.
 MAX_DEFAULT_WORKERS = 4
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class WorkerFailed(RuntimeError):
@@ -52,6 +63,15 @@ class WorkerFailed(RuntimeError):
     def __init__(self, message: str, *, database_error: str | None = None) -> None:
         super().__init__(message)
         self.database_error = database_error
+
+
+class ProcessingInterrupted(Exception):
+    """SIGTERM or Ctrl-C stopped the run; every claimed file was finished or given back first."""
+
+    def __init__(self, signal_number: int, report: ProcessingReport) -> None:
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
+        self.report = report
 
 
 def default_workers(dialect: str) -> int:
@@ -69,6 +89,39 @@ class _Scope:
     max_payload_bytes: int
 
 
+class _StopRequest:
+    """The first SIGTERM or SIGINT asks for a stop after the file in hand; a second one raises at once."""
+
+    def __init__(self, on_first: Callable[[int], None] | None = None) -> None:
+        self.signal_number: int | None = None
+        self._on_first = on_first
+
+    def __call__(self, signal_number: int, _frame: FrameType | None) -> None:
+        if self.signal_number is not None:
+            raise KeyboardInterrupt
+        self.signal_number = signal_number
+        if self._on_first is not None:
+            self._on_first(signal_number)
+
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+
+@contextmanager
+def _handling(handler: Any) -> Iterator[None]:
+    """SIGTERM and SIGINT go to `handler` inside the block (main thread only); the old handlers come back after."""
+    try:
+        previous = {number: signal.signal(number, handler) for number in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # not the main thread: the host (a Dagster run worker) handles signals
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
 def process_backlog(
     engine: Engine,
     root: PayloadRoot,
@@ -81,46 +134,73 @@ def process_backlog(
     include_failed: bool = False,
     limit: int | None = None,
     on_file: ProgressCallback | None = None,
+    on_stop_requested: Callable[[int], None] | None = None,
 ) -> ProcessingReport:
     """Process the PENDING files in scope with `workers` processes; one merged report.
 
     `limit` (process at most N files) runs in one process: a shared count across workers would
-    need a shared claim budget, and a limit is for small, careful runs anyway.
+    need a shared claim budget, and a limit is for small, careful runs anyway. SIGTERM or Ctrl-C
+    stop the run after the files in hand (`on_stop_requested` is told) and raise ProcessingInterrupted.
     """
+    stop_request = _StopRequest(on_stop_requested)
     if workers <= 1 or limit is not None or "fork" not in multiprocessing.get_all_start_methods():
         processor = PayloadProcessor(engine, root, lease_seconds=lease_seconds, max_payload_bytes=max_payload_bytes)
-        return processor.run(
-            month=month, file_ids=file_ids, include_failed=include_failed, limit=limit, on_file=on_file
-        )
+        with _handling(stop_request):
+            report = processor.run(
+                month=month,
+                file_ids=file_ids,
+                include_failed=include_failed,
+                limit=limit,
+                on_file=on_file,
+                should_stop=stop_request.requested,
+            )
+    else:
+        scope = _Scope(month, file_ids, lease_seconds, max_payload_bytes)
+        with _handling(stop_request):
+            report = _with_workers(engine, root, workers, scope, include_failed, on_file, stop_request)
+    if stop_request.signal_number is not None:
+        raise ProcessingInterrupted(stop_request.signal_number, report)
+    return report
+
+
+def _with_workers(
+    engine: Engine,
+    root: PayloadRoot,
+    workers: int,
+    scope: _Scope,
+    include_failed: bool,
+    on_file: ProgressCallback | None,
+    stop_request: _StopRequest,
+) -> ProcessingReport:
     started = time.perf_counter()
     report = ProcessingReport(worker=new_worker_id(), workers=workers)
-    report.requeued = status.requeue_expired_claims(engine, report.worker)
-    for file_id in report.requeued:
-        log.warning("file %s: lease expired, its processor stopped; back to PENDING", file_id)
-    if include_failed:
-        report.retried = status.retry_failed(engine, report.worker, file_ids=file_ids, month=month, all_failed=True)
+    report.requeued, report.retried = prepare_backlog(
+        engine, root, report.worker, month=scope.month, file_ids=scope.file_ids, include_failed=include_failed
+    )
     engine.dispose()  # no pooled connection is inherited by a worker
-    scope = _Scope(month, file_ids, lease_seconds, max_payload_bytes)
     context = multiprocessing.get_context("fork")
-    stop = context.Event()  # set when a worker fails: the others finish their file and claim no more
+    stop = context.Event()  # set when a worker fails or a stop is requested: the others finish their file
     running: dict[Connection, multiprocessing.process.BaseProcess] = {}
     try:
         for number in range(workers):
             reader, writer = context.Pipe(duplex=False)
+            siblings = list(running)  # the other workers' pipes: a worker closes its inherited copies
             worker = context.Process(
-                target=_work, args=(writer, stop, engine, root, scope), name=f"property-pipeline-worker-{number + 1}"
+                target=_work,
+                args=(writer, siblings, os.getpid(), stop, engine, root, scope),
+                name=f"property-pipeline-worker-{number + 1}",
             )
             worker.start()
             writer.close()  # the parent's copy: the reader sees end-of-file when the worker exits
             running[reader] = worker
-        problems, database_error = _collect(running, report, on_file, stop)
+        problems, database_error = _collect(running, report, on_file, stop, stop_request)
     finally:
         stop.set()
         for reader, worker in running.items():
             worker.join()
             reader.close()
     report.seconds = time.perf_counter() - started
-    if problems:
+    if problems and not stop_request.requested():
         raise WorkerFailed(
             "; ".join(problems) + f" ({report.completed} files completed and {report.failed} failed meanwhile; "
             "the other workers stopped after their file. A file a worker held when it died stays PROCESSING "
@@ -135,19 +215,23 @@ def _collect(
     report: ProcessingReport,
     on_file: ProgressCallback | None,
     stop: Any,
+    stop_request: _StopRequest,
 ) -> tuple[list[str], str | None]:
     """Read every worker's messages until all have exited: the problems of those that did not finish, and
-    the first database error among them. The first problem sets `stop` for the others."""
+    the first database error among them. The first problem, or a stop request, sets `stop` for the others."""
     problems: list[str] = []
     database_error: str | None = None
     finished: set[Connection] = set()
     open_readers = list(running)
     while open_readers:
-        for reader in wait(open_readers):
+        if stop_request.requested():
+            stop.set()
+        for reader in wait(open_readers, timeout=0.5):
+            assert isinstance(reader, Connection)
             try:
-                kind, payload = reader.recv()  # type: ignore[union-attr]
+                kind, payload = reader.recv()
             except EOFError:
-                open_readers.remove(reader)  # type: ignore[arg-type]
+                open_readers.remove(reader)
                 if reader not in finished:
                     stop.set()  # it ended without saying it was done (killed): the others stop too
                 continue
@@ -156,10 +240,10 @@ def _collect(
                 if on_file is not None:
                     on_file(payload)
             elif kind == "done":
-                finished.add(reader)  # type: ignore[arg-type]
+                finished.add(reader)
             else:
                 stop.set()
-                problems.append(f"{running[reader].name}: {payload}")  # type: ignore[index]
+                problems.append(f"{running[reader].name}: {payload}")
                 if kind == "database_error" and database_error is None:
                     database_error = payload
     for reader, worker in running.items():
@@ -169,29 +253,68 @@ def _collect(
     return problems, database_error
 
 
-def _work(writer: Connection, stop: Any, engine: Engine, root: PayloadRoot, scope: _Scope) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGTERM when the parent dies (Linux); if it already died, stop now."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is not None:
+        try:
+            ctypes.CDLL(libc_name, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):  # not Linux: the parent check in should_stop still applies
+            pass
+    if os.getppid() != parent_pid:
+        raise SystemExit(1)
+
+
+def _work(
+    writer: Connection,
+    siblings: list[Connection],
+    parent_pid: int,
+    stop: Any,
+    engine: Engine,
+    root: PayloadRoot,
+    scope: _Scope,
+) -> None:
     """A worker process: an ordinary processor over the same scope, its outcomes sent as they happen."""
+    for sibling in siblings:
+        sibling.close()  # only the parent reads the pipes: with its end gone, a send fails instead of blocking
+    stop_request = _StopRequest()
+    signal.signal(signal.SIGTERM, stop_request)
+    signal.signal(signal.SIGINT, stop_request)  # Ctrl-C reaches the whole group: finish the file in hand
+    _die_with_parent(parent_pid)
     engine.dispose(close=False)  # the parent's connections are the parent's; this process opens its own
     processor = PayloadProcessor(
         engine, root, lease_seconds=scope.lease_seconds, max_payload_bytes=scope.max_payload_bytes
     )
+
+    def should_stop() -> bool:
+        return stop.is_set() or stop_request.requested() or os.getppid() != parent_pid
+
     try:
         processor.run(
             month=scope.month,
             file_ids=scope.file_ids,
             on_file=lambda outcome: writer.send(("file", outcome)),
-            should_stop=stop.is_set,
+            should_stop=should_stop,
+            prepare=False,
         )
     except OperationalError as error:  # the database went away or cancelled the statement: said as one line
-        writer.send(("database_error", str(error.orig) if error.orig is not None else str(error)))
+        _send(writer, ("database_error", str(error.orig) if error.orig is not None else str(error)))
         raise SystemExit(1) from None  # the parent reports it; no traceback on the terminal
+    except (BrokenPipeError, KeyboardInterrupt):  # the parent is gone, or a second Ctrl-C: the claim was given back
+        raise SystemExit(1) from None
     except BaseException as error:  # a process boundary: every error goes to the parent
-        if not isinstance(error, KeyboardInterrupt):
-            log.exception("worker stopped by an unexpected error")  # a bug: keep its traceback
-        writer.send(("error", f"{type(error).__name__}: {error}"))
+        log.exception("worker stopped by an unexpected error")  # a bug: keep its traceback
+        _send(writer, ("error", f"{type(error).__name__}: {error}"))
         raise SystemExit(1) from None
     else:
-        writer.send(("done", None))
+        _send(writer, ("done", None))
     finally:
         engine.dispose()
         writer.close()
+
+
+def _send(writer: Connection, message: tuple[str, Any]) -> None:
+    try:
+        writer.send(message)
+    except (BrokenPipeError, OSError):
+        pass  # the parent is gone: nobody to tell

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -120,6 +121,19 @@ class PayloadRoot:
         path = self.payloads / month / name
         self.check_inside(path)
         return path
+
+    def check_not_linked(self, path: Path) -> None:
+        """Raise PayloadPathError when the file or its month folder is a symbolic link.
+
+        A payload is deleted or written back only at its own place: through a link, `2026-08/x.json`
+        could be another month's file.
+        """
+        for part in (path.parent, path):
+            if part.is_symlink():
+                raise PayloadPathError(
+                    f"{part} is a symbolic link (to {os.readlink(part)}); payloads are never "
+                    "deleted or written through a link"
+                )
 
     def check_inside(self, path: Path) -> None:
         """Raise PayloadPathError when `path` (after resolving symlinks) lies outside the data root."""

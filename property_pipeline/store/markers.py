@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import shutil
+import time
+import uuid
 from pathlib import Path
 
 from property_pipeline.store.layout import PayloadPathError, PayloadRoot, parse_payload_name, validate_month
@@ -55,6 +57,22 @@ def mark_processed(root: PayloadRoot, relative_path: str, summary: dict[str, obj
     pending.unlink(missing_ok=True)
 
 
+def follow(root: PayloadRoot, relative_path: str, status: str, **summary: object) -> None:
+    """Make a file's markers say what its status row says: the one way a front door updates them.
+
+    PENDING and PROCESSING files have a `pending/` marker; finished ones a `processed/` marker holding
+    the status and the given summary (file id, counts, error, duplicate_of; None values left out).
+    """
+    if status in {"PENDING", "PROCESSING"}:
+        mark_pending(root, relative_path)
+    else:
+        mark_processed(
+            root,
+            relative_path,
+            {"status": status, **{key: value for key, value in summary.items() if value is not None}},
+        )
+
+
 def clear_markers(root: PayloadRoot, relative_path: str) -> None:
     """Remove both markers of a file (retention deleted it)."""
     for marker in _markers(root, relative_path) or ():
@@ -62,16 +80,43 @@ def clear_markers(root: PayloadRoot, relative_path: str) -> None:
 
 
 def processing_copy(root: PayloadRoot, file_id: int, source: Path) -> Path:
-    """Copy a payload into `processing/` for the duration of its processing and return the copy."""
+    """Copy a payload into `processing/` for the duration of its processing and return the copy.
+
+    Named `{file_id}_{claim}_{payload name}`, unique per claim: a copy left by a processor that died is
+    never confused with the copy of the processor that claims the file next.
+    """
     root.processing.mkdir(parents=True, exist_ok=True)
-    target = root.processing / f"{file_id}_{source.name}"
-    target.unlink(missing_ok=True)
+    target = root.processing / f"{file_id}_{uuid.uuid4().hex[:8]}_{source.name}"
     shutil.copyfile(source, target)
     return target
 
 
 def drop_processing_copy(copy: Path) -> None:
     copy.unlink(missing_ok=True)
+
+
+# A processor reads its copy right after making it (and keeps it open): an older copy whose file is
+# not PROCESSING was left by a processor that died between its commit and dropping the copy.
+STALE_COPY_SECONDS = 60.0
+
+
+def drop_stale_processing_copies(root: PayloadRoot, in_flight: set[str], older_than: float = STALE_COPY_SECONDS) -> int:
+    """Remove the copies in `processing/` of files not in `in_flight` (the payload names of the PROCESSING files)
+    that are older than `older_than` seconds; returns how many. A copy made after `in_flight` was read is young."""
+    if not root.processing.is_dir():
+        return 0
+    removed = 0
+    now = time.time()
+    for leftover in root.processing.iterdir():
+        try:
+            young = now - leftover.stat().st_mtime < older_than
+        except FileNotFoundError:
+            continue
+        if young or leftover.name.split("_", 2)[-1] in in_flight:
+            continue
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def reconcile_markers(root: PayloadRoot, states: dict[str, str]) -> int:
@@ -100,9 +145,4 @@ def reconcile_markers(root: PayloadRoot, states: dict[str, str]) -> int:
     # Copies left in processing/ by a crashed processor are never needed (the original is
     # intact); copies of files that are PROCESSING right now belong to a live processor.
     in_flight = {path.rpartition("/")[2] for path, status in states.items() if status == "PROCESSING"}
-    if root.processing.exists():
-        for leftover in root.processing.iterdir():
-            if leftover.name.partition("_")[2] not in in_flight:
-                leftover.unlink(missing_ok=True)
-                changed += 1
-    return changed
+    return changed + drop_stale_processing_copies(root, in_flight, older_than=0.0)

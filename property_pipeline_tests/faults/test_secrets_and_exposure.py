@@ -145,15 +145,15 @@ def test_the_api_key_never_appears_in_any_output_log_file_row_or_dagster_event(
     assert captured.returncode == 0, captured.stderr
     assert json.loads(captured.stdout)["captures"][0]["pages"] == 2, "the key was accepted: pages were stored"
     assert "retrying" in captured.stderr, "the sandbox failed each page once: the retry path logged"
-    refused = cli("refused", "capture", "--campaign", "secret-bad", "--max-pages", "1", PROPERTY_API_KEY=WRONG_KEY)
+    one_page = ("--criteria", '{"records": 10}', "--max-pages", "1")
+    refused = cli("refused", "capture", "--campaign", "secret-bad", *one_page, PROPERTY_API_KEY=WRONG_KEY)
     assert refused.returncode == 1 and "401" in refused.stderr and WRONG_KEY not in refused.stderr + refused.stdout
     in_url = cli(
         "key in url",
         "capture",
         "--campaign",
         "secret-url",
-        "--max-pages",
-        "1",
+        *one_page,
         PROPERTY_API_BASE_URL=f"{base_url}/k/{API_SECRET}",
     )
     assert in_url.returncode == 1 and "404" in in_url.stderr, in_url.stderr
