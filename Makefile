@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test,browser]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test,browser,parquet]'
 	touch $(STAMP)
 
 demo: $(STAMP)
