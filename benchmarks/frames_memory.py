@@ -12,8 +12,12 @@ without `raw`, with text as Arrow strings (pandas' default when pyarrow is insta
 strings (without pyarrow). Each child reports its RSS before the read, its peak RSS (the kernel's
 high-water mark), the DataFrame's own size (`memory_usage(deep=True)`) and the time taken.
 
-The figure per million rows is (peak - before) scaled to 1,000,000 rows. Not a test: nothing is
-asserted; results are printed and written to benchmarks/results/frames-memory-<time>.json.
+The figure per million rows is (peak - before) scaled to 1,000,000 rows. Then `property-pipeline
+export` writes the month to CSV and to Parquet (no raw), each in a child process whose peak RSS
+(from wait4) is reported: an export holds one chunk (Parquet: one row group), not the month.
+
+Not a test: nothing is asserted; results are printed and written to
+benchmarks/results/frames-memory-<time>.json.
 """
 
 from __future__ import annotations
@@ -29,7 +33,16 @@ from typing import Any
 import orjson
 import psycopg
 
-from benchmarks.common import RESULTS_DIR, log, machine_facts, python_child, require_ok, server_facts
+from benchmarks.common import (
+    RESULTS_DIR,
+    cli_env,
+    log,
+    machine_facts,
+    python_child,
+    require_ok,
+    scratch_folder,
+    server_facts,
+)
 from benchmarks.common import throwaway_database as throwaway
 from property_pipeline.api.sandbox import generate_record
 from property_pipeline.processing.records import COLUMNS, RecordRejected, validate_record
@@ -139,6 +152,23 @@ def child(url: str, storage: str, include_raw: bool, chunk_rows: int | None = No
     }
 
 
+def _exports(url: str) -> list[dict[str, Any]]:
+    """`property-pipeline export` of the month to CSV and Parquet, each in its own process: peak RSS, size, time."""
+    measured = []
+    with scratch_folder("frames-export") as folder:
+        for fmt in ("csv", "parquet"):
+            output = folder / f"month.{fmt}"
+            arguments = ("export", "--month", MONTH, "--format", fmt, "--output", str(output))
+            run = python_child("property_pipeline", *arguments, env=cli_env(url, folder / "logs"))
+            require_ok(run, f"export --format {fmt}")
+            entry = {"format": fmt, "peak_rss_mb": round(run.peak_rss_mb, 1), "bytes": output.stat().st_size}
+            entry["seconds"] = round(run.wall_seconds, 1)
+            measured.append(entry)
+            log(f"export {fmt}: {entry}")
+            output.unlink()
+    return measured
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -165,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             measured["frame_mb_per_million_rows"] = round(measured["frame_mb"] * scale)
             results.append(measured)
             log(f"{label}: {measured}")
+        exports = _exports(url)
     lines = [
         f"read_properties, {args.rows:,} rows from PostgreSQL (one month, 400 rows per file)",
         "| case | RSS before | peak RSS | DataFrame | peak - before per 1M rows | seconds |",
@@ -175,13 +206,25 @@ def main(argv: list[str] | None = None) -> int:
         f"| {r['read_mb_per_million_rows']:,} MB | {r['seconds']:.1f} |"
         for r in results
     ]
+    lines += ["", "| export | peak RSS | file | seconds |", "|---|---|---|---|"]
+    lines += [
+        f"| {e['format']} | {e['peak_rss_mb']:.0f} MB | {e['bytes'] / 2**20:,.0f} MB | {e['seconds']:.1f} |"
+        for e in exports
+    ]
     table = "\n".join(lines)
     print(table)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     output = RESULTS_DIR / f"frames-memory-{time.strftime('%Y%m%dT%H%M%S')}.json"
     output.write_text(
         json.dumps(
-            {"rows": args.rows, "results": results, "table": table, "machine": machine_facts(), **server_facts()},
+            {
+                "rows": args.rows,
+                "results": results,
+                "exports": exports,
+                "table": table,
+                "machine": machine_facts(),
+                **server_facts(),
+            },
             indent=2,
         )
     )
