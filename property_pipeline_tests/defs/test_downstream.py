@@ -40,9 +40,12 @@ received: dict[str, pd.DataFrame] = {}
 
 @dg.asset(partitions_def=monthly_partitions)
 def monthly_consumer(properties: pd.DataFrame) -> dg.MaterializeResult:
-    """Written as the README shows a downstream asset."""
+    """The README's example of a downstream asset (and what it received, for the test to look at)."""
     received["monthly"] = properties
-    return dg.MaterializeResult(metadata={"dagster/row_count": len(properties)})
+    texas = properties[properties["state"] == "TX"]  # a missing state is not TX
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": len(texas), "absentee_owners": int(texas["absentee_owner"].sum())}
+    )
 
 
 @dg.asset(
@@ -99,13 +102,21 @@ def _two_months(root: PayloadRoot) -> None:
         root,
         [
             make_record("m-1"),
-            make_record("m-2", bedrooms=None, lastSaleDate=None, absenteeOwner=None, mailAddress=None),
+            make_record(
+                "m-2",
+                address={"state": None, "city": "Nowhere"},
+                bedrooms=None,
+                lastSaleDate=None,
+                absenteeOwner=None,
+                mailAddress=None,
+            ),
             make_record(7001, estimatedValue=100_000),
         ],
         batch=1,
         captured_at=MARCH,
     )
-    write_page(root, [make_record(7001, estimatedValue=150_000)], batch=2, captured_at=MARCH + timedelta(hours=2))
+    newer = make_record(7001, estimatedValue=150_000, absenteeOwner=True)
+    write_page(root, [newer], batch=2, captured_at=MARCH + timedelta(hours=2))
     write_page(root, [make_record("a-1"), make_record("a-2", yearBuilt=None)], batch=3, captured_at=APRIL)
 
 
@@ -124,6 +135,7 @@ def test_a_monthly_downstream_asset_receives_that_months_properties_typed_with_n
     assert rows.loc["7001", "estimated_value"] == 150_000
     assert rows.loc["m-2", "bedrooms"] is pd.NA and rows.loc["m-2", "absentee_owner"] is pd.NA
     assert rows.loc["m-2", "mail_city"] is pd.NA and rows.loc["m-2", "last_sale_date"] is pd.NaT
+    assert rows.loc["m-2", "state"] is pd.NA and rows.loc["m-2", "city"] == "Nowhere"
     assert rows.loc["m-1", "bedrooms"] == 3 and rows.loc["m-1", "last_sale_date"] == pd.Timestamp("2019-06-14")
     assert frame.dtypes.to_dict() == frames.property_dtypes()
     assert str(frame["city"].dtype) == "string" and str(frame["bedrooms"].dtype) == "Int32"
@@ -132,7 +144,7 @@ def test_a_monthly_downstream_asset_receives_that_months_properties_typed_with_n
     assert str(frame["captured_at"].dtype) == "datetime64[us, UTC]" and "raw" not in frame.columns
     assert _loaded_input_metadata(result) == {"dagster/row_count": 3, "month": "2026-03"}
     (materialization,) = result.asset_materializations_for_node("monthly_consumer")
-    assert metadata_values(materialization)["dagster/row_count"] == 3
+    assert metadata_values(materialization) == {"dagster/row_count": 2, "absentee_owners": 1}  # m-2 has no state
 
 
 def test_a_range_of_months_and_a_non_partitioned_asset_get_the_union(
