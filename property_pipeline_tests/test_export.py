@@ -195,7 +195,8 @@ def test_misuse_exits_2_and_writes_nothing(run: Invoke, folder: Path) -> None:
 
     for result in (no_month, bad_month, bad_format, no_folder, a_folder):
         assert result.exit_code == 2, result.output
-    assert "--month YYYY-MM" in no_month.stderr and "does not exist" in no_folder.stderr
+    assert "Missing option '--month'" in no_month.stderr and "YYYY-MM" in bad_month.stderr
+    assert "does not exist" in no_folder.stderr
     assert list(folder.iterdir()) == []
 
 

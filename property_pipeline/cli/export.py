@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
-from property_pipeline.cli.app import PipelineUsageError, main, month_option, pipeline_command
+from property_pipeline.cli.app import PipelineUsageError, main, pipeline_command
 from property_pipeline.exports import FORMATS, ExportReport, Format, ParquetUnavailable, export_frames, require_pyarrow
 from property_pipeline.frames import FrameStream, stream_properties, stream_quarantine
 from property_pipeline.runtime import Pipeline
+from property_pipeline.store.layout import PayloadPathError, validate_month
 
 
 def stderr_is_terminal() -> bool:
@@ -39,8 +40,15 @@ class _RowProgress:
             click.echo("", err=True)
 
 
+def _month(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    try:
+        return validate_month(value)
+    except PayloadPathError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 @main.command()
-@month_option
+@click.option("--month", required=True, callback=_month, help="The month to export (YYYY-MM).")
 @click.option("--campaign", help="Only what this campaign's files delivered.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="File format.")
 @click.option(
@@ -54,7 +62,7 @@ class _RowProgress:
 @pipeline_command
 def export(
     pipeline: Pipeline,
-    month: str | None,
+    month: str,
     campaign: str | None,
     fmt: Format,
     output: Path,
@@ -62,8 +70,6 @@ def export(
     include_raw: bool,
 ) -> None:
     """Write a month's properties (the columns of the DataFrame) or quarantined records to a file."""
-    if month is None:
-        raise PipelineUsageError("say which month to export: --month YYYY-MM")
     if fmt == "parquet":
         try:
             require_pyarrow()
