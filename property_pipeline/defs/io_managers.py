@@ -6,6 +6,9 @@ a range of months, gets the union of the months mapped to it. The read goes thro
 `PipelineDatabase` resource as the rest of `defs/` and `property_pipeline.frames`, chunked on the
 database side. Nothing is written through it: `properties` is loaded by the processing engine and
 returns a `MaterializeResult`, which does not pass through an IO manager.
+
+No `from __future__ import annotations` here: Dagster reads the `database` annotation as a class to
+accept a partially configured resource for it (see `database_resources`); as a string it cannot.
 """
 
 import dagster as dg
