@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -184,6 +185,13 @@ def test_parquet_without_pyarrow_says_how_to_install_it_and_exits_2(
     assert result.exit_code == 2
     assert "pip install 'property_pipeline[parquet]'" in result.stderr
     assert list(folder.iterdir()) == []
+
+
+def test_the_command_offers_the_formats_the_exports_write_and_loads_no_pandas_for_other_commands() -> None:
+    assert export_command.FORMATS == exports.FORMATS == tuple(exports.WRITERS)
+    probe = "import sys, property_pipeline.cli; print('pandas' in sys.modules, 'pyarrow' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.split() == ["False", "False"]
 
 
 def test_misuse_exits_2_and_writes_nothing(run: Invoke, folder: Path) -> None:

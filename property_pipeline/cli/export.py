@@ -1,17 +1,27 @@
-"""`property-pipeline export`: a month's properties (or its quarantined records) to CSV, JSON lines or Parquet."""
+"""`property-pipeline export`: a month's properties (or its quarantined records) to CSV, JSON lines or Parquet.
+
+pandas is imported when the command runs, not when the CLI loads: the other commands (`process`,
+`register`, ...) stay as small and quick to start as they were.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import click
 
 from property_pipeline.cli.app import PipelineUsageError, main, pipeline_command
-from property_pipeline.exports import FORMATS, ExportReport, Format, ParquetUnavailable, export_frames, require_pyarrow
-from property_pipeline.frames import FrameStream, stream_properties, stream_quarantine
 from property_pipeline.runtime import Pipeline
 from property_pipeline.store.layout import PayloadPathError, validate_month
+
+if TYPE_CHECKING:
+    from property_pipeline.exports import ExportReport
+    from property_pipeline.frames import FrameStream
+
+FORMATS = ("csv", "jsonl", "parquet")  # as property_pipeline.exports.FORMATS (a test keeps them equal)
+Format = Literal["csv", "jsonl", "parquet"]
 
 
 def stderr_is_terminal() -> bool:
@@ -70,6 +80,9 @@ def export(
     include_raw: bool,
 ) -> None:
     """Write a month's properties (the columns of the DataFrame) or quarantined records to a file."""
+    from property_pipeline.exports import ParquetUnavailable, require_pyarrow
+    from property_pipeline.frames import stream_properties, stream_quarantine
+
     if fmt == "parquet":
         try:
             require_pyarrow()
@@ -92,6 +105,8 @@ def export(
 
 
 def _write(stream: FrameStream, fmt: Format, output: Path, what: str) -> ExportReport:
+    from property_pipeline.exports import export_frames
+
     progress = _RowProgress(stream.total, what)
     try:
         return export_frames(stream, stream.dtypes, fmt, output, on_rows=progress)
