@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench bench-quick test-faults dagster dagster-postgres clean-data
+.PHONY: demo test lint format bench bench-quick bench-frames test-faults dagster dagster-postgres clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test,browser]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test,browser,parquet]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -32,6 +32,10 @@ bench: $(BENCH_STAMP)
 # CI smoke of the same machinery at tiny sizes: checks it runs and the exactly-once result, no timing goals.
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks --quick
+
+# Memory of reading `properties` as a DataFrame, and of exports: 1,000,000 rows on PostgreSQL, about 5 minutes.
+bench-frames: $(STAMP)
+	$(BIN)/python -m benchmarks.frames_memory
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[bench]'

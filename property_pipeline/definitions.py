@@ -3,7 +3,9 @@
 A plain `dg.Definitions` listing every object, rather than `dg.load_from_defs_folder`: ten small
 modules read more easily as one explicit list, and the objects that depend on settings (the
 resources, the registration sensor and the two alert sensors) are built here, from `Settings.from_env()`, when Dagster
-loads the code location. Load it with `dagster dev -w workspace.yaml` (or `make dagster`).
+loads the code location. Load it with `dagster dev -w workspace.yaml` (or `make dagster`). Among the
+resources, `properties_io_manager` hands `properties` to downstream assets (`property_market_summary`,
+or your own) as pandas DataFrames of their month.
 
 Runs use the in-process executor: a run's steps (one asset and its checks) are a few database
 queries around one processing loop that the pool serializes anyway, so a process per step would
@@ -14,6 +16,7 @@ import dagster as dg
 
 from property_pipeline.defs.checks import ALL_CHECKS
 from property_pipeline.defs.jobs import capture_job, processing_job, retry_failed_months_job
+from property_pipeline.defs.market_summary import property_market_summary
 from property_pipeline.defs.monitoring import (
     build_alert_sensor,
     build_run_failure_sensor,
@@ -22,6 +25,7 @@ from property_pipeline.defs.monitoring import (
     status_report_schedule,
 )
 from property_pipeline.defs.properties import properties
+from property_pipeline.defs.quarantine import quarantined_records
 from property_pipeline.defs.raw_payloads import raw_property_payloads
 from property_pipeline.defs.resources import pipeline_resources
 from property_pipeline.defs.retention import retention_job, retention_schedule
@@ -35,7 +39,13 @@ def defs() -> dg.Definitions:
     """Every asset, check, job, schedule and sensor of the pipeline, with resources from the environment."""
     settings = Settings.from_env()
     return dg.Definitions(
-        assets=[raw_property_payloads, properties, pipeline_status_report],
+        assets=[
+            raw_property_payloads,
+            properties,
+            quarantined_records,
+            pipeline_status_report,
+            property_market_summary,
+        ],
         asset_checks=ALL_CHECKS,
         jobs=[capture_job, processing_job, retry_failed_months_job, retention_job, status_report_job],
         schedules=[daily_capture_schedule, retention_schedule, status_report_schedule],

@@ -17,6 +17,7 @@ PG_ADMIN_URL = os.environ.get("PROPERTY_PIPELINE_TEST_PG_URL", "postgresql+psyco
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TABLES = (
     "alerts",
+    "property_market_summary",
     "capture_runs",
     "file_status_events",
     "file_properties",

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 PG_MIGRATION_LOCK = 7_220_001  # advisory lock key: one migrator at a time
+# Execution option for long reads on SQLite (exports, DataFrames): begin DEFERRED instead of IMMEDIATE.
+# In WAL mode such a transaction reads one snapshot without holding the write lock processing needs.
+SQLITE_DEFERRED = "property_pipeline_sqlite_deferred"
 
 
 class SchemaOutOfDate(ConfigurationError):
@@ -62,10 +65,11 @@ def create_db_engine(url: str, *, create_folder: bool = True) -> Engine:
             cursor.close()
 
         # Take the write lock when the transaction starts, so two processors never both read
-        # a PENDING row and then race to upgrade their read lock.
+        # a PENDING row and then race to upgrade their read lock. Long reads that ask for it do not.
         @event.listens_for(engine, "begin")
         def _sqlite_begin_immediate(connection):  # type: ignore[no-untyped-def]
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            deferred = connection.get_execution_options().get(SQLITE_DEFERRED)
+            connection.exec_driver_sql("BEGIN DEFERRED" if deferred else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)

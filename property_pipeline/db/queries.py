@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine, case, func, select
 
 from property_pipeline.db.schema import batch_file_status as files
-from property_pipeline.db.schema import file_properties, utcnow
+from property_pipeline.db.schema import file_properties, quarantined_records, utcnow
 from property_pipeline.db.status import COMPLETED, FAILED, PENDING, PROCESSING
 
 
@@ -236,3 +238,53 @@ def processing_paths(engine: Engine) -> list[str]:
     """file_path of every PROCESSING file."""
     with engine.connect() as conn:
         return list(conn.execute(select(files.c.file_path).where(files.c.status == PROCESSING)).scalars())
+
+
+@dataclass(frozen=True)
+class QuarantineReason:
+    """Quarantined records whose reasons read the same once their values are taken out."""
+
+    kind: str
+    records: int
+    example: str
+
+
+@dataclass(frozen=True)
+class MonthQuarantine:
+    """A month's quarantine: records and files of its COMPLETED files, and the reasons, most common first."""
+
+    month: str
+    records: int
+    files: int
+    reasons: list[QuarantineReason]
+
+
+_QUOTED = re.compile(r"'[^']*(?:'|$)|\"[^\"]*(?:\"|$)")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w-])")
+
+
+def reason_kind(reason: str) -> str:
+    """A quarantine reason without the offending value: `zip 'ABCDE' is not ...` -> `zip … is not ...`."""
+    return _NUMBER.sub("N", _QUOTED.sub("…", reason)).strip()
+
+
+def month_quarantine(engine: Engine, month: str) -> MonthQuarantine:
+    """The month's quarantined records (of its COMPLETED files), grouped by `reason_kind`."""
+    scope = (
+        select(quarantined_records.c.reason, quarantined_records.c.file_id)
+        .join(files, files.c.file_id == quarantined_records.c.file_id)
+        .where(files.c.month == month, files.c.status == COMPLETED)
+        .subquery()
+    )
+    with engine.connect() as conn:
+        by_reason = conn.execute(select(scope.c.reason, func.count()).group_by(scope.c.reason)).all()
+        file_count = conn.execute(select(func.count(func.distinct(scope.c.file_id)))).scalar_one()
+    kinds: dict[str, list[Any]] = {}
+    for reason, count in by_reason:
+        entry = kinds.setdefault(reason_kind(reason), [0, reason])
+        entry[0] += int(count)
+    reasons = sorted(
+        (QuarantineReason(kind, records, example) for kind, (records, example) in kinds.items()),
+        key=lambda item: (-item.records, item.kind),
+    )
+    return MonthQuarantine(month, sum(r.records for r in reasons), int(file_count), reasons)

@@ -229,5 +229,29 @@ alerts = Table(
 )
 
 
+# One row per month, state and property type (NULL when the properties had none): written by the
+# `property_market_summary` asset, which replaces a month's rows in one transaction.
+property_market_summary = Table(
+    "property_market_summary",
+    metadata,
+    Column("summary_id", Id, primary_key=True, autoincrement=True),
+    Column("month", String(7), nullable=False),
+    Column("state", String(2)),
+    Column("property_type", Text),
+    Column("property_count", Integer, nullable=False, comment="properties the month's files delivered"),
+    Column("valued_count", Integer, nullable=False, comment="of them, with an estimated value"),
+    Column("value_p25", Float, comment="estimated_value, first quartile (linear interpolation)"),
+    Column("value_median", Float),
+    Column("value_p75", Float),
+    Column("equity_median", Float),
+    Column("absentee_owner_share", Float, comment="true / known (null flags left out)"),
+    Column("owner_occupied_share", Float, comment="true / known (null flags left out)"),
+    Column("value_median_change", Float, comment="value_median minus the previous month's stored one"),
+    Column("equity_median_change", Float, comment="equity_median minus the previous month's stored one"),
+    Column("computed_at", UTCDateTime, nullable=False),
+    Index(None, "month", "state", "property_type"),
+)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -6,6 +6,7 @@ from sqlalchemy.dialects import postgresql
 
 from property_pipeline.db.queries import month_statuses
 from property_pipeline.db.schema import properties as properties_table
+from property_pipeline.defs.io_managers import PROPERTIES_IO_MANAGER_KEY
 from property_pipeline.defs.metadata import markdown_table
 from property_pipeline.defs.partitions import monthly_partitions
 from property_pipeline.defs.raw_payloads import GROUP, raw_property_payloads
@@ -42,10 +43,13 @@ COLUMN_SCHEMA = dg.TableSchema(
     group_name=GROUP,
     kinds={"sql"},
     metadata={"dagster/table_name": "properties", "dagster/column_schema": COLUMN_SCHEMA},
+    # Downstream assets read it as a pandas DataFrame of their month(s); nothing is written through it.
+    io_manager_key=PROPERTIES_IO_MANAGER_KEY,
     description=(
         "One row per property. Materializing a month loads its PENDING payload files (and FAILED ones with "
         "`include_failed: true`), each file in one transaction with its status; the same code as "
-        "`property-pipeline process --month`. Never materialized automatically."
+        "`property-pipeline process --month`. Never materialized automatically. Downstream assets that take "
+        "`properties: pd.DataFrame` get their month's properties (typed columns and lineage)."
     ),
 )
 def properties(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -143,7 +144,24 @@ def _env_or(name: str, default: str | None) -> str | None:
     return dg.EnvVar(name) if os.environ.get(name) else default
 
 
-def pipeline_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+def database_resources(url: str, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> dict[str, Any]:
+    """`database`, and the IO manager that hands `properties` to downstream assets, reading through it.
+
+    The database is given to Dagster partially configured (every value set, nothing left to the launch):
+    that is how a resource nested in another one is the very instance that is also top-level, so a run
+    opens one engine. A fully configured nested resource would be set up a second time, and Dagster
+    1.13 warns (DeprecationWarning) while doing so.
+    """
+    from property_pipeline.defs.io_managers import (  # it imports PipelineDatabase from here
+        PROPERTIES_IO_MANAGER_KEY,
+        PropertiesFrameIOManager,
+    )
+
+    database = PipelineDatabase.configure_at_launch(url=url, lease_seconds=lease_seconds)
+    return {"database": database, PROPERTIES_IO_MANAGER_KEY: PropertiesFrameIOManager(database=database)}
+
+
+def pipeline_resources(settings: Settings) -> dict[str, Any]:
     """The resources every asset, check, sensor and job of the project uses, keyed by the names they ask for."""
     return {
         "payload_store": PayloadStore(
@@ -152,9 +170,7 @@ def pipeline_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]
             settle_seconds=settings.settle_seconds,
             clock_skew_seconds=settings.clock_skew_seconds,
         ),
-        "database": PipelineDatabase(
-            url=_env_or("PROPERTY_PIPELINE_DB_URL", settings.db_url), lease_seconds=settings.lease_seconds
-        ),
+        **database_resources(_env_or("PROPERTY_PIPELINE_DB_URL", settings.db_url), settings.lease_seconds),
         "property_api": PropertyApi(
             base_url=settings.api_base_url,
             api_key=_env_or("PROPERTY_API_KEY", None),

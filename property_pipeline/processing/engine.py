@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import random
 import socket
@@ -107,6 +108,11 @@ class ProcessingReport:
 
 
 ProgressCallback = Callable[[FileOutcome], None]
+
+
+def _elapsed_ms(started: float) -> int:
+    """Milliseconds since `started`, rounded up: a file that took 0.3 ms took 1 ms, not none (rates stay finite)."""
+    return math.ceil((time.perf_counter() - started) * 1000)
 
 
 def is_conflict(error: OperationalError) -> bool:
@@ -241,7 +247,7 @@ class PayloadProcessor:
                     status.hold_claim(conn, payload.file_id, self.worker)
                     # Records are validated while they load: the counts are known once load_records returns.
                     load_records(conn, payload, page)
-                    elapsed_ms = int((time.perf_counter() - started) * 1000)
+                    elapsed_ms = _elapsed_ms(started)
                     status.mark_completed(
                         conn,
                         payload.file_id,
@@ -306,7 +312,7 @@ class PayloadProcessor:
         )
 
     def _fail(self, payload: PayloadFile, message: str, started: float) -> FileOutcome:
-        elapsed_ms = int((time.perf_counter() - started) * 1000)
+        elapsed_ms = _elapsed_ms(started)
         log.error("file %s FAILED: %s", payload.file_id, message)
         if not status.mark_failed(self.engine, payload.file_id, self.worker, message, processing_time_ms=elapsed_ms):
             return FileOutcome(payload.file_id, payload.file_path, LOST, 0, 0, 0, elapsed_ms, message)

@@ -27,7 +27,7 @@ from property_pipeline.defs.checks import ALL_CHECKS
 from property_pipeline.defs.monitoring import pipeline_status_report
 from property_pipeline.defs.properties import properties
 from property_pipeline.defs.raw_payloads import raw_property_payloads
-from property_pipeline.defs.resources import CampaignCatalog, PayloadStore, PipelineDatabase, PropertyApi
+from property_pipeline.defs.resources import CampaignCatalog, PayloadStore, PropertyApi, database_resources
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline_tests.conftest import IN_CI
@@ -89,7 +89,7 @@ def run_like_a_person(home: Path, db_url: str, root: PayloadRoot, tampered: Path
     """Into DAGSTER_HOME: process 2026-10, tamper a payload, run the checks alone, materialize the report."""
     resources: dict[str, Any] = {
         "payload_store": PayloadStore(logs_dir=str(root.logs_dir)),
-        "database": PipelineDatabase(url=db_url),
+        **database_resources(db_url),
         "property_api": PropertyApi(base_url=UNUSED_API),
         "campaigns": CampaignCatalog(path=str(home / "no-campaigns.yaml")),
     }

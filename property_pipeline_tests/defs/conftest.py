@@ -19,9 +19,9 @@ from property_pipeline.defs.raw_payloads import raw_property_payloads
 from property_pipeline.defs.resources import (
     CampaignCatalog,
     PayloadStore,
-    PipelineDatabase,
     PropertyApi,
     RetentionPolicy,
+    database_resources,
 )
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline.store.writer import StoredPayload
@@ -64,7 +64,7 @@ def resources(db_url: str, root: PayloadRoot, campaigns_file: Path) -> dict[str,
     """The project's resources pointed at this test's database and data root."""
     return {
         "payload_store": PayloadStore(logs_dir=str(root.logs_dir)),
-        "database": PipelineDatabase(url=db_url, lease_seconds=60),
+        **database_resources(db_url, lease_seconds=60),
         "property_api": PropertyApi(base_url=UNUSED_API, page_size=20),
         "campaigns": CampaignCatalog(path=str(campaigns_file)),
         "retention_policy": RetentionPolicy(keep_months=2, archive=True),

@@ -46,7 +46,9 @@ def test_the_code_location_holds_every_object_of_the_design() -> None:
     assert {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()} == {
         "raw_property_payloads",
         "properties",
+        "quarantined_records",
         "pipeline_status_report",
+        "property_market_summary",
     }
     assert {key.name for key in repository.asset_graph.asset_check_keys} == {
         "payload_files_intact",
