@@ -24,15 +24,15 @@ from sqlalchemy import Engine, func, insert, select, update
 from property_pipeline.api.client import PropertyApiError, PropertySearchClient
 from property_pipeline.db.schema import batch_file_status, capture_runs, utcnow
 from property_pipeline.db.status import NewPayloadFile, register_files
-from property_pipeline.errors import ConfigurationError
+from property_pipeline.errors import ConfigurationError, PipelineError
 from property_pipeline.processing.memory import fewer_garbage_collections
 from property_pipeline.registration import register_unregistered
+from property_pipeline.states import CaptureRunState
 from property_pipeline.store import markers
 from property_pipeline.store.layout import PayloadRoot, month_of, validate_campaign_id
 from property_pipeline.store.writer import StoredPayload, remove_stale_temporaries, write_payload
 
 log = logging.getLogger(__name__)
-RUNNING, COMPLETED, INTERRUPTED = "RUNNING", "COMPLETED", "INTERRUPTED"
 _END = object()
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ def read_ahead(items: Iterator[T]) -> Iterator[T]:
             yield item  # type: ignore[misc]  # not _END here
 
 
-class CaptureError(RuntimeError):
+class CaptureError(PipelineError):
     """A capture stopped before its last page; what was stored so far is registered and kept."""
 
     def __init__(self, message: str, report: CaptureReport) -> None:
@@ -213,7 +213,7 @@ def resumable_run(engine: Engine, campaign_id: str, criteria: Mapping[str, Any])
             .where(
                 capture_runs.c.campaign_id == campaign_id,
                 capture_runs.c.criteria == canonical_criteria(criteria),
-                capture_runs.c.state != COMPLETED,
+                capture_runs.c.state != CaptureRunState.COMPLETED,
             )
             .order_by(capture_runs.c.run_id.desc())
             .limit(1)
@@ -228,7 +228,7 @@ def _start_run(engine: Engine, campaign: Campaign, resume: bool) -> tuple[int, i
             conn.execute(
                 update(capture_runs)
                 .where(capture_runs.c.run_id == previous.run_id)
-                .values(state=RUNNING, updated_at=now, error=None)
+                .values(state=CaptureRunState.RUNNING, updated_at=now, error=None)
             )
             return previous.run_id, previous.next_result_index
         run_id = conn.execute(
@@ -236,7 +236,7 @@ def _start_run(engine: Engine, campaign: Campaign, resume: bool) -> tuple[int, i
             .values(
                 campaign_id=campaign.campaign_id,
                 criteria=canonical_criteria(campaign.criteria),
-                state=RUNNING,
+                state=CaptureRunState.RUNNING,
                 started_at=now,
                 updated_at=now,
             )
@@ -251,7 +251,12 @@ def _finish_run(engine: Engine, run_id: int, state: str, error: str | None) -> N
         conn.execute(
             update(capture_runs)
             .where(capture_runs.c.run_id == run_id)
-            .values(state=state, updated_at=now, finished_at=now if state == COMPLETED else None, error=error)
+            .values(
+                state=state,
+                updated_at=now,
+                finished_at=now if state == CaptureRunState.COMPLETED else None,
+                error=error,
+            )
         )
 
 
@@ -323,10 +328,10 @@ def capture_campaign(
                 f"The {report.pages} pages stored are registered; rerun with --resume to continue "
                 f"from result index {start_index + report.records}."
             )
-            _finish_run(engine, run_id, INTERRUPTED, str(error)[:4000])
+            _finish_run(engine, run_id, CaptureRunState.INTERRUPTED, str(error)[:4000])
             raise CaptureError(message, report) from error
         except BaseException:
-            _finish_run(engine, run_id, INTERRUPTED, "interrupted")
+            _finish_run(engine, run_id, CaptureRunState.INTERRUPTED, "interrupted")
             raise
         report.retries = client.total_retries - retries_before
         finished = limit is None or report.pages < limit or _is_last(report)
@@ -334,7 +339,7 @@ def capture_campaign(
         _finish_run(
             engine,
             run_id,
-            COMPLETED if finished else INTERRUPTED,
+            CaptureRunState.COMPLETED if finished else CaptureRunState.INTERRUPTED,
             None if finished else f"stopped after --max-pages {limit}",
         )
         return report

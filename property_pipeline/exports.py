@@ -15,18 +15,17 @@ optional `parquet` extra), which keeps every dtype. In CSV and JSON lines, dates
 from __future__ import annotations
 
 import io
-import os
-import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import pandas as pd
 
+from property_pipeline.errors import ConfigurationError
 from property_pipeline.frames import empty_frame
+from property_pipeline.store.publish import publishing
 
 Format = Literal["csv", "jsonl", "parquet"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl", "parquet")
@@ -36,7 +35,7 @@ DATE_FORMAT = "%Y-%m-%d"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
-class ParquetUnavailable(RuntimeError):
+class ParquetUnavailable(ConfigurationError):
     """Parquet was asked for, but pyarrow is not installed."""
 
 
@@ -49,29 +48,6 @@ def require_pyarrow() -> Any:
             f"--format parquet needs pyarrow, which is not installed. Install it with: {PARQUET_INSTALL}"
         ) from None
     return pyarrow.parquet
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[BinaryIO]:
-    """A file to write that appears at `path` only when complete: a temporary file in the same folder,
-    fsynced, renamed over `path`, then the folder fsynced. On any error the temporary is removed."""
-    folder = path.parent
-    temporary = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(temporary, "xb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        raise
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _text_times(chunk: pd.DataFrame) -> pd.DataFrame:
@@ -166,7 +142,8 @@ def export_frames(
         require_pyarrow()  # before anything is written
     started = time.perf_counter()
     rows = 0
-    with atomic_output(path) as handle:
+    # Published crash-safely, replacing an earlier export at the same path; the analyst's file stays writable.
+    with publishing(path, replace=True, read_only=False) as handle:
         writer = WRITERS[fmt](handle, dtypes)
         for chunk in chunks:
             writer.write(chunk)

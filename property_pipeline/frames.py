@@ -30,8 +30,8 @@ from property_pipeline.db.engine import SQLITE_DEFERRED
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import file_properties, quarantined_records
 from property_pipeline.db.schema import properties as properties_table
-from property_pipeline.db.status import COMPLETED
 from property_pipeline.processing.records import FIELDS
+from property_pipeline.states import FileStatus
 from property_pipeline.store.layout import validate_month
 
 # Rows per chunk: larger chunks cost more memory beside the DataFrame (about 10 MB per 1,000 rows of
@@ -114,7 +114,7 @@ def _delivered(months: tuple[str, ...] | None, campaign: str | None) -> Select[A
     query = (
         select(file_properties.c.property_id)
         .join(files, files.c.file_id == file_properties.c.file_id)
-        .where(files.c.status == COMPLETED)
+        .where(files.c.status == FileStatus.COMPLETED)
     )
     if months is not None:
         query = query.where(files.c.month.in_(months))
@@ -140,7 +140,7 @@ def _properties_queries(
 def _quarantine_queries(months: tuple[str, ...] | None, campaign: str | None) -> tuple[Select[Any], Select[Any]]:
     q = quarantined_records
     source = q.join(files, files.c.file_id == q.c.file_id)
-    conditions = [files.c.status == COMPLETED]
+    conditions = [files.c.status == FileStatus.COMPLETED]
     if months is not None:
         conditions.append(files.c.month.in_(months))
     if campaign is not None:

@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 
 from property_pipeline.db.queries import registered_files_for_verification
 from property_pipeline.store.layout import PayloadPathError, PayloadRoot
-from property_pipeline.store.writer import sha256_file
+from property_pipeline.store.publish import sha256_file
 
 
 @dataclass(frozen=True)

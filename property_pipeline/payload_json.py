@@ -15,8 +15,10 @@ from typing import Any
 
 import orjson
 
+from property_pipeline.errors import PayloadError
 
-class PayloadJsonError(ValueError):
+
+class PayloadJsonError(PayloadError, ValueError):
     """The bytes are not JSON (truncated, corrupted, not UTF-8, or not JSON at all)."""
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, select
 
 from property_pipeline.db.schema import batch_file_status, utcnow
 from property_pipeline.db.status import NewPayloadFile, Registration, register_files
+from property_pipeline.errors import PipelineError
 from property_pipeline.payload_json import PayloadJsonError, decode_payload_json
 from property_pipeline.processing.memory import fewer_garbage_collections
 from property_pipeline.settings import DEFAULT_CLOCK_SKEW_SECONDS, DEFAULT_MAX_PAYLOAD_BYTES, Settings
@@ -29,14 +30,14 @@ from property_pipeline.store.layout import (
     parse_payload_name,
     validate_month,
 )
-from property_pipeline.store.writer import sha256_file
+from property_pipeline.store.publish import sha256_file
 
 log = logging.getLogger(__name__)
 REGISTER_CHUNK = 500
 WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 
 
-class HeldBack(Exception):
+class HeldBack(PipelineError):
     """A file that is not registrable yet but may be later (still being written); registration tries again."""
 
 

@@ -39,10 +39,19 @@ from sqlalchemy import Engine, Row, select
 from property_pipeline.db import locks, status
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import utcnow
+from property_pipeline.errors import PipelineError
 from property_pipeline.registration import month_folders, payload_candidates
+from property_pipeline.states import FileStatus
 from property_pipeline.store import markers
 from property_pipeline.store.layout import PayloadPathError, PayloadRoot, format_timestamp, validate_month
-from property_pipeline.store.writer import HASH_CHUNK, READ_ONLY, _fsync_dir, sha256_file
+from property_pipeline.store.publish import (
+    HASH_CHUNK,
+    PublishedBytesDiffer,
+    fsync_folder,
+    publishing,
+    remove_stale_temporaries,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +61,10 @@ MANIFEST_FORMAT = "property_pipeline.archive/1"
 ARCHIVE_NAME_RE = re.compile(r"property_payloads_\d{4}-\d{2}_\d{8}T\d{12}Z\.tar\.gz")
 OWNER_WRITABLE = stat.S_IRUSR | stat.S_IWUSR
 NOT_COMPLETED_REASONS = {
-    status.PENDING: "PENDING: not loaded yet; retention deletes only COMPLETED files (run `property-pipeline process`)",
-    status.PROCESSING: "PROCESSING: being loaded right now; retention deletes only COMPLETED files",
-    status.FAILED: "FAILED: retention deletes only COMPLETED files; fix the cause, then `property-pipeline retry`",
+    FileStatus.PENDING: "PENDING: not loaded yet; retention deletes only COMPLETED files "
+    "(run `property-pipeline process`)",
+    FileStatus.PROCESSING: "PROCESSING: being loaded right now; retention deletes only COMPLETED files",
+    FileStatus.FAILED: "FAILED: retention deletes only COMPLETED files; fix the cause, then `property-pipeline retry`",
 }
 UNREGISTERED_REASON = "not registered: retention never deletes files the database does not know (run `register`)"
 MISSING_REASON = (
@@ -63,7 +73,7 @@ MISSING_REASON = (
 )
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(PipelineError):
     """An archive could not be written or read, or does not match its manifest and the database."""
 
 
@@ -183,7 +193,7 @@ def _plan_months(engine: Engine, root: PayloadRoot, oldest_kept: str, only: str 
 
 def _classify(root: PayloadRoot, row: Row[Any]) -> RetentionFile | SkippedFile | None:
     """A file to remove, a file to skip (with the reason), or None when retention is done with it."""
-    if row.status != status.COMPLETED:
+    if row.status != FileStatus.COMPLETED:
         return SkippedFile(row.file_path, NOT_COMPLETED_REASONS.get(row.status, row.status), row.file_id)
     try:
         on_disk = root.resolve(row.file_path).is_file()
@@ -250,21 +260,11 @@ def write_archive(root: PayloadRoot, month: str, payloads: Sequence[RetentionFil
     """Write one tar.gz of `payloads` plus manifest.json under logs/archive/ atomically; return its path."""
     root.archive.mkdir(parents=True, exist_ok=True)
     final = root.archive / archive_name_for(month, utcnow())
-    temporary = root.archive / f".{final.name}.{os.getpid()}.tmp"
     try:
-        with open(temporary, "xb") as handle:
+        with publishing(final) as handle:
             _write_tar(handle, root, month, payloads)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, READ_ONLY)
-        if final.exists():
-            raise FileExistsError(f"{final} already exists; archives are never overwritten")
-        os.rename(temporary, final)
-        _fsync_dir(root.archive)
     except OSError as error:
         raise ArchiveError(f"could not write archive {final}: {error}") from error
-    finally:
-        temporary.unlink(missing_ok=True)
     return final
 
 
@@ -432,7 +432,7 @@ def apply_retention(
     for month in [month_plan.month for month_plan in plan.months if month_plan.files]:
         waiting = None if on_wait is None else partial(on_wait, month)
         with month_lock(engine, month, waiting):
-            remove_stale_temporaries(root.archive, f".{ARCHIVE_PREFIX}{month}_*.tmp")
+            _remove_leftovers(root.archive, f"{ARCHIVE_PREFIX}{month}_*")
             for month_plan in _plan_months(engine, root, plan.oldest_kept_month, only=month):
                 todo = [payload for payload in month_plan.files if payload.file_id in planned]
                 if todo:
@@ -583,7 +583,7 @@ def _tidy_month_folder(folder: Path) -> None:
     """Make the deletions durable, and drop the month folder when nothing is left in it."""
     if not folder.is_dir():
         return
-    _fsync_dir(folder)
+    fsync_folder(folder)
     try:
         folder.rmdir()
     except OSError:
@@ -666,7 +666,7 @@ def _restore_from_archive(root: PayloadRoot, name: str, rows: list[Row[Any]], re
                 Failure(row.file_path, f"not restored: {error}; remove the link, then rerun restore")
             )
             continue
-        remove_stale_temporaries(target.parent, f".{target.name}.*.tmp")  # left by a restore that was killed
+        _remove_leftovers(target.parent, target.name)  # left by a restore that was killed
         if not target.exists():
             needed[row.file_path] = row
         elif sha256_file(target)[0] == row.checksum_sha256:
@@ -702,32 +702,21 @@ def _extract(root: PayloadRoot, path: Path, needed: dict[str, Row[Any]], report:
 
 
 def _publish(stream: BinaryIO, target: Path, checksum: str) -> None:
-    """Write a restored file atomically (temporary, fsync, check SHA-256, read-only, rename); never overwrite."""
+    """Write a restored file crash-safely, read back and checked against its SHA-256 first; never overwrite."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.parent / f".{target.name}.{os.getpid()}.tmp"
     try:
-        with open(temporary, "xb") as out:
+        with publishing(target, expected_sha256=checksum) as out:
             shutil.copyfileobj(stream, out, HASH_CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        actual, _size = sha256_file(temporary)
-        if actual != checksum:
-            raise ArchiveError(f"extracted bytes hash to {actual[:12]}…, the database says {checksum[:12]}…")
-        os.chmod(temporary, READ_ONLY)
-        if target.exists():
-            raise FileExistsError(f"{target} appeared while restoring; left as it is")
-        os.rename(temporary, target)
-        _fsync_dir(target.parent)
-    finally:
-        temporary.unlink(missing_ok=True)
+    except PublishedBytesDiffer as error:
+        raise ArchiveError(f"{error}, the SHA-256 the database holds") from None
+    except FileExistsError:
+        raise FileExistsError(f"{target} appeared while restoring; left as it is") from None
 
 
-def remove_stale_temporaries(folder: Path, pattern: str) -> None:
-    """Delete the hidden temporaries a killed command left (only called under the lock that owns them)."""
-    if folder.is_dir():
-        for leftover in folder.glob(pattern):
-            _discard(leftover)
-            log.warning("removed %s, left by an interrupted command", leftover)
+def _remove_leftovers(folder: Path, final_name_pattern: str) -> None:
+    """Delete the temporaries a killed cleanup or restore left (called under the month lock that owns them)."""
+    for leftover in remove_stale_temporaries(folder, final_name_pattern):
+        log.warning("removed %s, left by an interrupted command", leftover)
 
 
 def _registered_row(row: Row[Any]) -> ManifestEntry:

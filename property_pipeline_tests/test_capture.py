@@ -24,7 +24,7 @@ from property_pipeline.capture import Campaign, CaptureError, capture_campaign, 
 from property_pipeline.cli import main
 from property_pipeline.db.schema import batch_file_status, capture_runs, properties
 from property_pipeline.store.layout import PayloadRoot, parse_payload_name
-from property_pipeline.store.writer import sha256_file
+from property_pipeline.store.publish import sha256_file
 
 SECRET = "sk-test-9f8e7d6c5b4a39281706"
 

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from property_pipeline import exports, frames
 from property_pipeline.cli import export as export_command
 from property_pipeline.cli import main
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline_tests.factories import make_page, make_record, write_page

@@ -26,7 +26,7 @@ from property_pipeline.db.engine import create_db_engine, upgrade
 from property_pipeline.db.queries import month_statuses
 from property_pipeline.db.schema import batch_file_status, file_status_events, properties
 from property_pipeline.integrity import verify_files
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.retention import (
     ManifestEntry,

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, create_engine, inspect, select, text
 from property_pipeline.db.engine import create_db_engine, current_revision, downgrade, head_revision, upgrade
 from property_pipeline.db.queries import row_count_mismatches
 from property_pipeline.db.schema import properties
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline_tests.conftest import PG_ADMIN_URL

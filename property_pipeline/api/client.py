@@ -16,6 +16,7 @@ import orjson
 import requests
 import urllib3
 
+from property_pipeline.errors import PipelineError
 from property_pipeline.payload_json import PayloadJsonError, decode_payload_json
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class ApiPage:
     attempts: int
 
 
-class PropertyApiError(Exception):
+class PropertyApiError(PipelineError):
     """Base of the client's errors; messages never contain the API key."""
 
 
@@ -89,7 +90,7 @@ class ApiUnavailable(PropertyApiError):
         self.status = status
 
 
-class _TransientFailure(Exception):
+class _TransientFailure(PipelineError):
     """One attempt failed in a way a retry may fix."""
 
     def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:

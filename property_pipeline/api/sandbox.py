@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from property_pipeline.errors import PipelineError
+
 logger = logging.getLogger(__name__)
 
 SEARCH_PATH = "/v2/PropertySearch"
@@ -388,7 +390,7 @@ def _break_contract(record: dict[str, Any], violation: str, state: _State) -> No
 # Pages
 
 
-class InvalidSearchRequest(ValueError):
+class InvalidSearchRequest(PipelineError, ValueError):
     """The request breaks the contract; the sandbox answers 400 with this message."""
 
 

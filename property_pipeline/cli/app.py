@@ -22,7 +22,8 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import OperationalError
 
 from property_pipeline.db.schema import utcnow
-from property_pipeline.errors import ConfigurationError
+from property_pipeline.errors import PipelineError
+from property_pipeline.processing.parallel import WorkerFailed
 from property_pipeline.runtime import Pipeline
 from property_pipeline.settings import Settings
 from property_pipeline.store.layout import PayloadPathError, validate_month
@@ -83,17 +84,34 @@ def database_unusable(settings: Settings | None, cause: object) -> click.ClickEx
     )
 
 
+def _exit_with(error: PipelineError) -> click.ClickException:
+    """The one line of a PipelineError, with the exit status its kind says."""
+    exception = click.ClickException(str(error).rstrip("."))
+    exception.exit_code = error.exit_code
+    return exception
+
+
+def _cause(error: OperationalError) -> object:
+    return error.orig if error.orig is not None else error
+
+
 class PipelineGroup(click.Group):
     """The command group; the one place where errors become one-line messages and exit codes."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        settings = ctx.obj if isinstance(ctx.obj, Settings) else None
         try:
             return super().invoke(ctx)
-        except ConfigurationError as error:
-            raise PipelineUsageError(str(error)) from None
+        except WorkerFailed as error:
+            if error.database_error is None:
+                raise _exit_with(error) from None
+            unusable = database_unusable(settings, error.database_error)
+            unusable.message += f" Workers: {error}"
+            raise unusable from None
+        except PipelineError as error:
+            raise _exit_with(error) from None
         except OperationalError as error:
-            settings = ctx.obj if isinstance(ctx.obj, Settings) else None
-            raise database_unusable(settings, error.orig if error.orig is not None else error) from None
+            raise database_unusable(settings, _cause(error)) from None
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:

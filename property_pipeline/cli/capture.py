@@ -33,8 +33,9 @@ from property_pipeline.cli.app import (
 )
 from property_pipeline.cli.core import print_status
 from property_pipeline.db.schema import batch_file_status
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.runtime import Pipeline
+from property_pipeline.states import FileStatus
 from property_pipeline.store.layout import PayloadPathError, validate_campaign_id
 
 DEMO_CAMPAIGN = "demo-sandbox"
@@ -224,7 +225,7 @@ def demo(pipeline: Pipeline, records: int) -> None:
                 )
             ).all()
         )
-    landed = len(paths) > 0 and all(states.get(path) == "COMPLETED" for path in paths)
+    landed = len(paths) > 0 and all(states.get(path) == FileStatus.COMPLETED for path in paths)
     click.echo("4. status of every month\n")
     print_status(pipeline)
     settings = pipeline.settings
@@ -237,7 +238,7 @@ def demo(pipeline: Pipeline, records: int) -> None:
         "  Dagster UI      make dagster, then open http://127.0.0.1:3000"
     )
     if not landed:
-        missing = [path for path in paths if states.get(path) != "COMPLETED"]
+        missing = [path for path in paths if states.get(path) != FileStatus.COMPLETED]
         click.echo(f"\nNOT everything landed: {len(missing)} captured files are not COMPLETED: {missing[:5]}", err=True)
         sys.exit(EXIT_FAILED)
     click.echo(f"\nDemo complete: {len(paths)} files captured and COMPLETED in {Path(settings.logs_dir)}.")

@@ -12,7 +12,6 @@ from property_pipeline.cli.app import (
     EXIT_OK,
     PipelineUsageError,
     age,
-    database_unusable,
     json_option,
     main,
     month_option,
@@ -24,13 +23,8 @@ from property_pipeline.db.engine import create_db_engine, upgrade
 from property_pipeline.db.queries import file_states, month_statuses, problem_files
 from property_pipeline.integrity import verify_files
 from property_pipeline.monitoring.report import build_status_report
-from property_pipeline.processing.engine import FileOutcome
-from property_pipeline.processing.parallel import (
-    ProcessingInterrupted,
-    WorkerFailed,
-    default_workers,
-    process_backlog,
-)
+from property_pipeline.processing.parallel import default_workers, process_backlog
+from property_pipeline.processing.processor import FileOutcome
 from property_pipeline.processing.requeue import retry_failed_files
 from property_pipeline.registration import DropInRules, register_unregistered
 from property_pipeline.runtime import Pipeline
@@ -172,21 +166,6 @@ def process(
             on_file=progress,
             on_stop_requested=progress.stop_requested,
         )
-    except WorkerFailed as error:
-        if error.database_error is not None:
-            unusable = database_unusable(pipeline.settings, error.database_error)
-            unusable.message += f" Workers: {error}"
-            raise unusable from None
-        raise click.ClickException(f"processing stopped: {error}") from None
-    except ProcessingInterrupted as interrupted:
-        progress.finish()
-        done = interrupted.report
-        click.echo(
-            f"interrupted by {interrupted}: {done.completed} files completed and {done.failed} failed before it; "
-            "every file in hand was finished or given back to PENDING. Run `property-pipeline process` to go on",
-            err=True,
-        )
-        sys.exit(128 + interrupted.signal_number)
     finally:
         progress.finish()
     if as_json:

@@ -80,14 +80,11 @@ def export(
     include_raw: bool,
 ) -> None:
     """Write a month's properties (the columns of the DataFrame) or quarantined records to a file."""
-    from property_pipeline.exports import ParquetUnavailable, require_pyarrow
+    from property_pipeline.exports import require_pyarrow
     from property_pipeline.frames import stream_properties, stream_quarantine
 
     if fmt == "parquet":
-        try:
-            require_pyarrow()
-        except ParquetUnavailable as error:
-            raise PipelineUsageError(str(error)) from None
+        require_pyarrow()  # ParquetUnavailable, a configuration error: exit 2 with the install command
     if not output.parent.is_dir():
         raise PipelineUsageError(f"the folder of {output} does not exist; create it first")
     what = "quarantined records" if quarantine else "properties"

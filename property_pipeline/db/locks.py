@@ -16,11 +16,13 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
+from property_pipeline.errors import PipelineError
+
 log = logging.getLogger(__name__)
 LOCK_NAMESPACE = 7_220_002  # first key of the two-key advisory locks; the migration lock uses 7_220_001
 
 
-class LockHeld(RuntimeError):
+class LockHeld(PipelineError):
     """Another command holds the lock (raised only when asked not to wait)."""
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, case, func, select
 
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import file_properties, quarantined_records, utcnow
-from property_pipeline.db.status import COMPLETED, FAILED, PENDING, PROCESSING
+from property_pipeline.states import FileStatus
 
 
 @dataclass(frozen=True)
@@ -55,18 +55,18 @@ def month_statuses(engine: Engine, month: str | None = None) -> list[MonthStatus
     query = (
         select(
             files.c.month,
-            _count(PENDING).label("pending"),
-            _count(PROCESSING).label("processing"),
-            _count(COMPLETED).label("completed"),
-            _count(FAILED).label("failed"),
+            _count(FileStatus.PENDING).label("pending"),
+            _count(FileStatus.PROCESSING).label("processing"),
+            _count(FileStatus.COMPLETED).label("completed"),
+            _count(FileStatus.FAILED).label("failed"),
             func.sum(case((files.c.duplicate_of_file_id.is_not(None), 1), else_=0)).label("duplicates"),
-            func.coalesce(func.sum(case((files.c.status == COMPLETED, files.c.success_count), else_=0)), 0).label(
-                "loaded"
-            ),
-            func.coalesce(func.sum(case((files.c.status == COMPLETED, files.c.error_count), else_=0)), 0).label(
-                "quarantined"
-            ),
-            func.min(case((files.c.status == PENDING, files.c.created_at))).label("oldest_pending"),
+            func.coalesce(
+                func.sum(case((files.c.status == FileStatus.COMPLETED, files.c.success_count), else_=0)), 0
+            ).label("loaded"),
+            func.coalesce(
+                func.sum(case((files.c.status == FileStatus.COMPLETED, files.c.error_count), else_=0)), 0
+            ).label("quarantined"),
+            func.min(case((files.c.status == FileStatus.PENDING, files.c.created_at))).label("oldest_pending"),
             func.count(files.c.archived_at).label("archived"),
             func.count(files.c.deleted_at).label("deleted"),
         )
@@ -117,8 +117,8 @@ def problem_files(
         files.c.locked_until,
         files.c.processed_at,
     )
-    stuck_query = select(*columns).where(files.c.status == PROCESSING, files.c.locked_until < now)
-    failed_query = select(*columns).where(files.c.status == FAILED)
+    stuck_query = select(*columns).where(files.c.status == FileStatus.PROCESSING, files.c.locked_until < now)
+    failed_query = select(*columns).where(files.c.status == FileStatus.FAILED)
     if month is not None:
         stuck_query = stuck_query.where(files.c.month == month)
         failed_query = failed_query.where(files.c.month == month)
@@ -151,7 +151,7 @@ def row_count_mismatches(engine: Engine, month: str | None = None) -> tuple[int,
             func.coalesce(links.c.link_rows, 0).label("link_rows"),
         )
         .select_from(files.outerjoin(links, links.c.file_id == files.c.file_id))
-        .where(files.c.status == COMPLETED)
+        .where(files.c.status == FileStatus.COMPLETED)
     )
     if month is not None:
         query = query.where(files.c.month == month)
@@ -209,10 +209,10 @@ def campaign_totals(engine: Engine, month: str) -> list[CampaignTotals]:
             func.count().label("files"),
             func.coalesce(func.sum(files.c.properties_count), 0).label("records"),
             func.coalesce(func.sum(files.c.file_size_bytes), 0).label("bytes"),
-            _count(PENDING).label("pending"),
-            _count(PROCESSING).label("processing"),
-            _count(COMPLETED).label("completed"),
-            _count(FAILED).label("failed"),
+            _count(FileStatus.PENDING).label("pending"),
+            _count(FileStatus.PROCESSING).label("processing"),
+            _count(FileStatus.COMPLETED).label("completed"),
+            _count(FileStatus.FAILED).label("failed"),
         )
         .where(files.c.month == month, files.c.deleted_at.is_(None))
         .group_by(files.c.campaign_id)
@@ -237,7 +237,7 @@ def file_paths(engine: Engine, file_ids: Sequence[int]) -> dict[int, str]:
 def processing_paths(engine: Engine) -> list[str]:
     """file_path of every PROCESSING file."""
     with engine.connect() as conn:
-        return list(conn.execute(select(files.c.file_path).where(files.c.status == PROCESSING)).scalars())
+        return list(conn.execute(select(files.c.file_path).where(files.c.status == FileStatus.PROCESSING)).scalars())
 
 
 @dataclass(frozen=True)
@@ -273,7 +273,7 @@ def month_quarantine(engine: Engine, month: str) -> MonthQuarantine:
     scope = (
         select(quarantined_records.c.reason, quarantined_records.c.file_id)
         .join(files, files.c.file_id == quarantined_records.c.file_id)
-        .where(files.c.month == month, files.c.status == COMPLETED)
+        .where(files.c.month == month, files.c.status == FileStatus.COMPLETED)
         .subquery()
     )
     with engine.connect() as conn:

@@ -27,7 +27,8 @@ from sqlalchemy import (
     text,
 )
 
-FILE_STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "FAILED")
+from property_pipeline.states import CaptureRunState, FileStatus
+
 ORIGINALS_ONLY = "duplicate_of_file_id IS NULL AND NOT content_unreadable"
 
 
@@ -104,7 +105,7 @@ batch_file_status = Table(
         server_default=false(),
         comment="empty or not a page when registered: never recorded as a duplicate",
     ),
-    CheckConstraint("status IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED')", name="status"),
+    CheckConstraint(FileStatus.sql_check("status"), name="status"),
     Index(None, "status", "month", "file_id"),
     Index(None, "checksum_sha256"),
     Index(None, "campaign_id", "batch_number"),
@@ -209,7 +210,7 @@ capture_runs = Table(
     Column("bytes", BigInteger, nullable=False, server_default="0"),
     Column("retries", Integer, nullable=False, server_default="0"),
     Column("error", Text),
-    CheckConstraint("state IN ('RUNNING', 'COMPLETED', 'INTERRUPTED')", name="state"),
+    CheckConstraint(CaptureRunState.sql_check("state"), name="state"),
     Index(None, "campaign_id", "state"),
 )
 

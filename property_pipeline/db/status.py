@@ -22,12 +22,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import file_status_events as events
 from property_pipeline.db.schema import utcnow
+from property_pipeline.errors import ProcessingError
+from property_pipeline.states import FileStatus
 
-PENDING, PROCESSING, COMPLETED, FAILED = "PENDING", "PROCESSING", "COMPLETED", "FAILED"
 MAX_ERROR_CHARS = 4000
 
 
-class LostClaim(RuntimeError):
+class LostClaim(ProcessingError):
     """This worker no longer owns the file (its lease expired and another worker took it)."""
 
 
@@ -184,11 +185,11 @@ def _row(candidate: NewPayloadFile, now: datetime, *, duplicate_of: int | None =
         "properties_count": candidate.properties_count,
         "content_unreadable": candidate.content_unreadable,
         "created_at": now,
-        "status": PENDING,
+        "status": FileStatus.PENDING,
     }
     if duplicate_of is not None:
         row.update(
-            status=COMPLETED,
+            status=FileStatus.COMPLETED,
             duplicate_of_file_id=duplicate_of,
             processed_at=now,
             success_count=0,
@@ -263,7 +264,7 @@ def _record_registrations(conn: Connection, created: Sequence[Registration], act
 
 @cache
 def _claim_statement(by_month: bool, by_file_ids: bool, excluding: bool):  # type: ignore[no-untyped-def]
-    conditions = [files.c.status == PENDING]
+    conditions = [files.c.status == FileStatus.PENDING]
     if by_month:
         conditions.append(files.c.month == bindparam("scope_month"))
     if by_file_ids:
@@ -280,9 +281,9 @@ def _claim_statement(by_month: bool, by_file_ids: bool, excluding: bool):  # typ
     )
     return (
         update(files)
-        .where(files.c.file_id == candidate, files.c.status == PENDING)
+        .where(files.c.file_id == candidate, files.c.status == FileStatus.PENDING)
         .values(
-            status=PROCESSING,
+            status=FileStatus.PROCESSING,
             locked_by=bindparam("claim_worker"),
             locked_until=bindparam("claim_until"),
             attempts=files.c.attempts + 1,
@@ -326,7 +327,7 @@ def claim_next_pending(
         row = conn.execute(statement, parameters).first()
         if row is None:
             return None
-        _record_events(conn, [row.file_id], PENDING, PROCESSING, worker, None)
+        _record_events(conn, [row.file_id], FileStatus.PENDING, FileStatus.PROCESSING, worker, None)
         return _payload_file(row)
 
 
@@ -335,7 +336,7 @@ def extend_lease(engine: Engine, file_id: int, worker: str, lease_seconds: int) 
     with engine.begin() as conn:
         result = conn.execute(
             update(files)
-            .where(files.c.file_id == file_id, files.c.status == PROCESSING, files.c.locked_by == worker)
+            .where(files.c.file_id == file_id, files.c.status == FileStatus.PROCESSING, files.c.locked_by == worker)
             .values(locked_until=utcnow() + timedelta(seconds=lease_seconds))
         )
         return result.rowcount == 1
@@ -345,7 +346,7 @@ _HOLD = (
     select(files.c.file_id)
     .where(
         files.c.file_id == bindparam("hold_file_id"),
-        files.c.status == PROCESSING,
+        files.c.status == FileStatus.PROCESSING,
         files.c.locked_by == bindparam("hold_worker"),
     )
     .with_for_update()
@@ -363,11 +364,11 @@ _COMPLETE = (
     update(files)
     .where(
         files.c.file_id == bindparam("done_file_id"),
-        files.c.status == PROCESSING,
+        files.c.status == FileStatus.PROCESSING,
         files.c.locked_by == bindparam("done_worker"),
     )
     .values(
-        status=COMPLETED,
+        status=FileStatus.COMPLETED,
         processed_at=bindparam("done_at"),
         properties_count=bindparam("done_properties"),
         success_count=bindparam("done_success"),
@@ -406,7 +407,7 @@ def mark_completed(
     if result.rowcount != 1:
         raise LostClaim(f"file {file_id} is no longer claimed by {worker}")
     detail = f"{success_count} loaded, {error_count} quarantined" if error_count else f"{success_count} loaded"
-    _record_events(conn, [file_id], PROCESSING, COMPLETED, worker, detail)
+    _record_events(conn, [file_id], FileStatus.PROCESSING, FileStatus.COMPLETED, worker, detail)
 
 
 def mark_failed(
@@ -426,9 +427,9 @@ def mark_failed(
     with engine.begin() as conn:
         result = conn.execute(
             update(files)
-            .where(files.c.file_id == file_id, files.c.status == PROCESSING, files.c.locked_by == worker)
+            .where(files.c.file_id == file_id, files.c.status == FileStatus.PROCESSING, files.c.locked_by == worker)
             .values(
-                status=FAILED,
+                status=FileStatus.FAILED,
                 processed_at=utcnow(),
                 error_details=error,
                 success_count=0,
@@ -441,7 +442,7 @@ def mark_failed(
         )
         if result.rowcount != 1:
             return False
-        _record_events(conn, [file_id], PROCESSING, FAILED, worker, error)
+        _record_events(conn, [file_id], FileStatus.PROCESSING, FileStatus.FAILED, worker, error)
         return True
 
 
@@ -450,12 +451,12 @@ def release_claim(engine: Engine, file_id: int, worker: str, reason: str) -> boo
     with engine.begin() as conn:
         result = conn.execute(
             update(files)
-            .where(files.c.file_id == file_id, files.c.status == PROCESSING, files.c.locked_by == worker)
-            .values(status=PENDING, locked_by=None, locked_until=None)
+            .where(files.c.file_id == file_id, files.c.status == FileStatus.PROCESSING, files.c.locked_by == worker)
+            .values(status=FileStatus.PENDING, locked_by=None, locked_until=None)
         )
         if result.rowcount != 1:
             return False
-        _record_events(conn, [file_id], PROCESSING, PENDING, worker, reason)
+        _record_events(conn, [file_id], FileStatus.PROCESSING, FileStatus.PENDING, worker, reason)
         return True
 
 
@@ -468,18 +469,25 @@ def requeue_expired_claims(engine: Engine, actor: str, now: datetime | None = No
     now = now or utcnow()
     expired = (
         select(files.c.file_id)
-        .where(files.c.status == PROCESSING, files.c.locked_until < now)
+        .where(files.c.status == FileStatus.PROCESSING, files.c.locked_until < now)
         .with_for_update(skip_locked=True)
     )
     with engine.begin() as conn:
         rows = conn.execute(
             update(files)
-            .where(files.c.file_id.in_(expired), files.c.status == PROCESSING)
-            .values(status=PENDING, locked_by=None, locked_until=None)
+            .where(files.c.file_id.in_(expired), files.c.status == FileStatus.PROCESSING)
+            .values(status=FileStatus.PENDING, locked_by=None, locked_until=None)
             .returning(files.c.file_id)
         ).all()
         requeued = sorted(row.file_id for row in rows)
-        _record_events(conn, requeued, PROCESSING, PENDING, actor, "lease expired: processor stopped without finishing")
+        _record_events(
+            conn,
+            requeued,
+            FileStatus.PROCESSING,
+            FileStatus.PENDING,
+            actor,
+            "lease expired: processor stopped without finishing",
+        )
         return requeued
 
 
@@ -494,17 +502,17 @@ def retry_failed(
     """FAILED → PENDING for the chosen files (the last error stays in `error_details` until the next outcome)."""
     if file_ids is None and month is None and not all_failed:
         raise ValueError("say which failed files to retry: file ids, a month, or all")
-    conditions = [files.c.status == FAILED]
+    conditions = [files.c.status == FileStatus.FAILED]
     if file_ids is not None:
         conditions.append(files.c.file_id.in_(list(file_ids)))
     if month is not None:
         conditions.append(files.c.month == month)
     with engine.begin() as conn:
         rows = conn.execute(
-            update(files).where(and_(*conditions)).values(status=PENDING).returning(files.c.file_id)
+            update(files).where(and_(*conditions)).values(status=FileStatus.PENDING).returning(files.c.file_id)
         ).all()
         retried = sorted(row.file_id for row in rows)
-        _record_events(conn, retried, FAILED, PENDING, actor, "retry requested")
+        _record_events(conn, retried, FileStatus.FAILED, FileStatus.PENDING, actor, "retry requested")
         return retried
 
 
@@ -515,7 +523,7 @@ def record_archived(conn: Connection, file_ids: Sequence[int], archive_name: str
     """In the caller's transaction: these COMPLETED files are inside the verified archive `archive_name`."""
     result = conn.execute(
         update(files)
-        .where(files.c.file_id.in_(list(file_ids)), files.c.status == COMPLETED)
+        .where(files.c.file_id.in_(list(file_ids)), files.c.status == FileStatus.COMPLETED)
         .values(archived_at=utcnow(), archive_name=archive_name)
     )
     return result.rowcount
@@ -526,7 +534,7 @@ def record_deleted(engine: Engine, file_id: int) -> bool:
     with engine.begin() as conn:
         result = conn.execute(
             update(files)
-            .where(files.c.file_id == file_id, files.c.status == COMPLETED, files.c.deleted_at.is_(None))
+            .where(files.c.file_id == file_id, files.c.status == FileStatus.COMPLETED, files.c.deleted_at.is_(None))
             .values(deleted_at=utcnow())
         )
         return result.rowcount == 1

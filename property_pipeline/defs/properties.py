@@ -11,7 +11,7 @@ from property_pipeline.defs.metadata import markdown_table
 from property_pipeline.defs.partitions import monthly_partitions
 from property_pipeline.defs.raw_payloads import GROUP, raw_property_payloads
 from property_pipeline.defs.resources import PayloadStore, PipelineDatabase
-from property_pipeline.processing.engine import FileOutcome, PayloadProcessor, ProcessingReport, new_worker_id
+from property_pipeline.processing.processor import FileOutcome, PayloadProcessor, ProcessingReport, new_worker_id
 
 # Processing steps share this pool: dagster.yaml sets how many run at once across all runs (default 1).
 PROPERTY_DB_POOL = "property_db_writes"

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from property_pipeline.db.schema import alerts as alerts_table
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import utcnow
-from property_pipeline.db.status import FAILED, PENDING, PROCESSING
+from property_pipeline.states import FileStatus
 
 log = logging.getLogger(__name__)
 MAX_DELIVERY_TRIES = 5  # across sensor ticks, for an alert whose webhook was unreachable
@@ -43,7 +43,7 @@ def current_alerts(engine: Engine, *, pending_max_age_seconds: int, now: datetim
     with engine.connect() as conn:
         for row in conn.execute(
             select(*columns, files.c.locked_by, files.c.locked_until)
-            .where(files.c.status == PROCESSING, files.c.locked_until < now)
+            .where(files.c.status == FileStatus.PROCESSING, files.c.locked_until < now)
             .order_by(files.c.file_id)
         ):
             found.append(
@@ -57,7 +57,7 @@ def current_alerts(engine: Engine, *, pending_max_age_seconds: int, now: datetim
                     "requeues it.",
                 )
             )
-        for row in conn.execute(select(*columns).where(files.c.status == FAILED).order_by(files.c.file_id)):
+        for row in conn.execute(select(*columns).where(files.c.status == FileStatus.FAILED).order_by(files.c.file_id)):
             found.append(
                 Alert(
                     f"failed:{row.file_id}:{row.attempts}",
@@ -70,7 +70,10 @@ def current_alerts(engine: Engine, *, pending_max_age_seconds: int, now: datetim
             )
         oldest = conn.execute(
             select(files.c.file_id, files.c.file_path, files.c.month, files.c.created_at)
-            .where(files.c.status == PENDING, files.c.created_at < now - timedelta(seconds=pending_max_age_seconds))
+            .where(
+                files.c.status == FileStatus.PENDING,
+                files.c.created_at < now - timedelta(seconds=pending_max_age_seconds),
+            )
             .order_by(files.c.created_at, files.c.file_id)
             .limit(1)
         ).first()

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, case, func, select
 
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import utcnow
-from property_pipeline.db.status import COMPLETED, FAILED, PENDING, PROCESSING
+from property_pipeline.states import FileStatus
 
 SLOWEST_FILES = 5
 LATEST_ERRORS = 10
@@ -93,13 +93,13 @@ def build_status_report(engine: Engine, *, month: str | None = None, now: dateti
         select(
             files.c.month,
             files.c.campaign_id,
-            _count(PENDING).label("pending"),
-            _count(PROCESSING).label("processing"),
-            _count(COMPLETED).label("completed"),
-            _count(FAILED).label("failed"),
-            func.sum(case((files.c.status == COMPLETED, files.c.success_count), else_=0)).label("loaded"),
-            func.sum(case((files.c.status == COMPLETED, files.c.error_count), else_=0)).label("quarantined"),
-            func.min(case((files.c.status == PENDING, files.c.created_at))).label("oldest_pending"),
+            _count(FileStatus.PENDING).label("pending"),
+            _count(FileStatus.PROCESSING).label("processing"),
+            _count(FileStatus.COMPLETED).label("completed"),
+            _count(FileStatus.FAILED).label("failed"),
+            func.sum(case((files.c.status == FileStatus.COMPLETED, files.c.success_count), else_=0)).label("loaded"),
+            func.sum(case((files.c.status == FileStatus.COMPLETED, files.c.error_count), else_=0)).label("quarantined"),
+            func.min(case((files.c.status == FileStatus.PENDING, files.c.created_at))).label("oldest_pending"),
         )
         .where(*scope)
         .group_by(files.c.month, files.c.campaign_id)
@@ -116,19 +116,19 @@ def build_status_report(engine: Engine, *, month: str | None = None, now: dateti
     )
     slowest = (
         select(*line_columns)
-        .where(files.c.status == COMPLETED, files.c.duplicate_of_file_id.is_(None), *scope)
+        .where(files.c.status == FileStatus.COMPLETED, files.c.duplicate_of_file_id.is_(None), *scope)
         .order_by(files.c.processing_time_ms.desc(), files.c.file_id)
         .limit(SLOWEST_FILES)
     )
     errors = (
         select(*line_columns)
-        .where(files.c.status == FAILED, *scope)
+        .where(files.c.status == FileStatus.FAILED, *scope)
         .order_by(files.c.processed_at.desc(), files.c.file_id.desc())
         .limit(LATEST_ERRORS)
     )
     throughput = select(
         func.coalesce(func.sum(files.c.success_count), 0), func.coalesce(func.sum(files.c.processing_time_ms), 0)
-    ).where(files.c.status == COMPLETED, files.c.duplicate_of_file_id.is_(None), *scope)
+    ).where(files.c.status == FileStatus.COMPLETED, files.c.duplicate_of_file_id.is_(None), *scope)
     with engine.connect() as conn:
         for row in conn.execute(grouped):
             report.rows.append(

@@ -36,7 +36,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from property_pipeline.processing.engine import (
+from property_pipeline.errors import ProcessingError
+from property_pipeline.processing.processor import (
     PayloadProcessor,
     ProcessingReport,
     ProgressCallback,
@@ -53,7 +54,7 @@ MAX_DEFAULT_WORKERS = 4
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-class WorkerFailed(RuntimeError):
+class WorkerFailed(ProcessingError):
     """A worker process stopped before the backlog was done (its error, or how it exited).
 
     `database_error` is the driver's message when a worker lost the database (connection refused or
@@ -65,13 +66,18 @@ class WorkerFailed(RuntimeError):
         self.database_error = database_error
 
 
-class ProcessingInterrupted(Exception):
+class ProcessingInterrupted(ProcessingError):
     """SIGTERM or Ctrl-C stopped the run; every claimed file was finished or given back first."""
 
     def __init__(self, signal_number: int, report: ProcessingReport) -> None:
-        super().__init__(signal.Signals(signal_number).name)
+        super().__init__(
+            f"interrupted by {signal.Signals(signal_number).name}: {report.completed} files completed and "
+            f"{report.failed} failed before it; every file in hand was finished or given back to PENDING. "
+            "Run `property-pipeline process` to go on"
+        )
         self.signal_number = signal_number
         self.report = report
+        self.exit_code = 128 + signal_number
 
 
 def default_workers(dialect: str) -> int:
@@ -202,7 +208,9 @@ def _with_workers(
     report.seconds = time.perf_counter() - started
     if problems and not stop_request.requested():
         raise WorkerFailed(
-            "; ".join(problems) + f" ({report.completed} files completed and {report.failed} failed meanwhile; "
+            "processing stopped: "
+            + "; ".join(problems)
+            + f" ({report.completed} files completed and {report.failed} failed meanwhile; "
             "the other workers stopped after their file. A file a worker held when it died stays PROCESSING "
             "until its lease expires, then the next run takes it)",
             database_error=database_error,

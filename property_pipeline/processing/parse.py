@@ -6,13 +6,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from property_pipeline.errors import PayloadError
 from property_pipeline.payload_json import PayloadJsonError, decode_payload_json, escaped_text, quarantine_text
 from property_pipeline.processing.records import PropertyRecord, RecordRejected, property_id_of, validate_record
 
 MAX_REJECTED_RAW_CHARS = 100_000
 
 
-class PayloadFormatError(ValueError):
+class PayloadFormatError(PayloadError, ValueError):
     """The file as a whole is not a usable payload (not JSON, truncated, or the wrong shape)."""
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from property_pipeline.errors import PayloadError
 from property_pipeline.payload_json import UnrepresentableNumber, describe_unstorable, encode_for_storage
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -17,7 +18,7 @@ STATE_RE = re.compile(r"[A-Z]{2}")
 ZIP_RE = re.compile(r"\d{5}")
 
 
-class RecordRejected(ValueError):
+class RecordRejected(PayloadError, ValueError):
     """A record breaks the contract; it goes to quarantine with this reason."""
 
 

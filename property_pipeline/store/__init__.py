@@ -10,7 +10,8 @@ from property_pipeline.store.layout import (
     validate_campaign_id,
     validate_month,
 )
-from property_pipeline.store.writer import StoredPayload, sha256_file, write_payload
+from property_pipeline.store.publish import publishing, sha256_file
+from property_pipeline.store.writer import StoredPayload, write_payload
 
 __all__ = [
     "PayloadName",
@@ -20,6 +21,7 @@ __all__ = [
     "format_timestamp",
     "month_of",
     "parse_payload_name",
+    "publishing",
     "sha256_file",
     "validate_campaign_id",
     "validate_month",

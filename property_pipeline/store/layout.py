@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from property_pipeline.errors import PayloadError
+
 PAYLOADS_DIR = "property_payloads"
 PENDING_DIR = "pending"
 PROCESSING_DIR = "processing"
@@ -24,7 +26,7 @@ PAYLOAD_NAME_RE = re.compile(
 )
 
 
-class PayloadPathError(ValueError):
+class PayloadPathError(PayloadError, ValueError):
     """A campaign id, month, file name or path is not allowed (bad characters, or it leaves the data root)."""
 
 

@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+from property_pipeline.states import FINISHED, WAITING, FileStatus
 from property_pipeline.store.layout import PayloadPathError, PayloadRoot, parse_payload_name, validate_month
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def mark_processed(root: PayloadRoot, relative_path: str, summary: dict[str, obj
         return
     pending, marker = paths
     marker.parent.mkdir(parents=True, exist_ok=True)
+    # An atomic replace, without the fsyncs of store/publish.py: markers are a readable mirror that
+    # `reconcile` rebuilds from the database, written on every file's hot path.
     temporary = marker.with_name(f".{marker.name}.tmp")
     temporary.write_text(json.dumps(summary, sort_keys=True, default=str))
     os.replace(temporary, marker)
@@ -63,7 +66,7 @@ def follow(root: PayloadRoot, relative_path: str, status: str, **summary: object
     PENDING and PROCESSING files have a `pending/` marker; finished ones a `processed/` marker holding
     the status and the given summary (file id, counts, error, duplicate_of; None values left out).
     """
-    if status in {"PENDING", "PROCESSING"}:
+    if status in WAITING:
         mark_pending(root, relative_path)
     else:
         mark_processed(
@@ -126,11 +129,11 @@ def reconcile_markers(root: PayloadRoot, states: dict[str, str]) -> int:
         if (paths := _markers(root, relative_path)) is None:
             continue
         pending, processed = paths
-        if status in {"PENDING", "PROCESSING"}:
+        if status in WAITING:
             if not pending.exists() or processed.exists():
                 mark_pending(root, relative_path)
                 changed += 1
-        elif status in {"COMPLETED", "FAILED"}:
+        elif status in FINISHED:
             if not processed.exists() or pending.exists():
                 mark_processed(root, relative_path, {"status": status, "reconciled": True})
                 changed += 1
@@ -144,5 +147,5 @@ def reconcile_markers(root: PayloadRoot, states: dict[str, str]) -> int:
                 changed += 1
     # Copies left in processing/ by a crashed processor are never needed (the original is
     # intact); copies of files that are PROCESSING right now belong to a live processor.
-    in_flight = {path.rpartition("/")[2] for path, status in states.items() if status == "PROCESSING"}
+    in_flight = {path.rpartition("/")[2] for path, status in states.items() if status == FileStatus.PROCESSING}
     return changed + drop_stale_processing_copies(root, in_flight, older_than=0.0)

@@ -15,7 +15,7 @@ from property_pipeline.db.schema import batch_file_status, file_properties, utcn
 from property_pipeline.defs.checks import no_failed_files, no_stuck_files, payload_files_intact, row_counts_agree
 from property_pipeline.defs.properties import properties
 from property_pipeline.defs.raw_payloads import raw_property_payloads
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline_tests.defs.conftest import (

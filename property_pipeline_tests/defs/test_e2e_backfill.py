@@ -30,7 +30,7 @@ from sqlalchemy import Engine, func, select, text
 from property_pipeline.db.engine import create_db_engine
 from property_pipeline.db.schema import batch_file_status
 from property_pipeline.db.schema import properties as properties_table
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline.store.writer import StoredPayload

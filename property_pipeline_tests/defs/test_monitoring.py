@@ -14,7 +14,7 @@ from sqlalchemy import Engine, update
 from property_pipeline.db import status
 from property_pipeline.db.schema import batch_file_status, utcnow
 from property_pipeline.defs.monitoring import build_alert_sensor, build_run_failure_sensor, pipeline_status_report
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline_tests.defs.conftest import ALL_ASSETS_AND_CHECKS, metadata_values, write_month

@@ -18,7 +18,7 @@ from property_pipeline.defs.checks import ALL_CHECKS
 from property_pipeline.defs.jobs import retry_failed_months_job
 from property_pipeline.defs.properties import PROPERTY_DB_POOL, properties
 from property_pipeline.defs.raw_payloads import raw_property_payloads
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline_tests.conftest import TABLES

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 from property_pipeline.api.client import PropertySearchClient
 from property_pipeline.capture import Campaign, capture_campaign
 from property_pipeline.db.schema import batch_file_status, properties, quarantined_records
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline.store.writer import write_payload

@@ -46,7 +46,7 @@ PROCESSOR = textwrap.dedent(
     """
     import json, os, sys, time
     from property_pipeline.db.engine import create_db_engine
-    from property_pipeline.processing.engine import PayloadProcessor
+    from property_pipeline.processing.processor import PayloadProcessor
     from property_pipeline.store.layout import PayloadRoot
 
     db_url, logs, registration_done = sys.argv[1:4]

@@ -18,8 +18,8 @@ from sqlalchemy.exc import OperationalError
 
 from property_pipeline.db.engine import create_db_engine
 from property_pipeline.db.schema import batch_file_status, properties, utcnow
-from property_pipeline.processing import engine as processing_engine
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing import processor as processing_engine
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline_tests.factories import write_pages

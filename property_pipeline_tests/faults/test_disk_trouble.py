@@ -23,9 +23,9 @@ from property_pipeline.api.client import PropertySearchClient
 from property_pipeline.api.sandbox import SandboxConfig, SandboxServer
 from property_pipeline.capture import Campaign, CaptureError, capture_campaign
 from property_pipeline.db.schema import batch_file_status, capture_runs
-from property_pipeline.store import writer
+from property_pipeline.store import publish
 from property_pipeline.store.layout import PayloadRoot, parse_payload_name
-from property_pipeline.store.writer import sha256_file
+from property_pipeline.store.publish import sha256_file
 from property_pipeline_tests.faults.exposure import API_SECRET, ExposureScan
 from property_pipeline_tests.faults.figures import report_figure
 from property_pipeline_tests.faults.helpers import cli_env, run_cli
@@ -185,7 +185,7 @@ def test_simulated_write_failure_registers_no_partial_file_and_says_what_happene
 
     def failing_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         nonlocal pages_written
-        if "x" in mode:  # the payload writer's temporary file
+        if "x" in mode:  # the temporary a payload is published through
             pages_written += 1
             if pages_written == 3:
                 if failure == "erofs_on_open":
@@ -193,7 +193,7 @@ def test_simulated_write_failure_registers_no_partial_file_and_says_what_happene
                 return _FailingHandle(open(path, mode, *args, **kwargs))
         return open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(writer, "open", failing_open, raising=False)
+    monkeypatch.setattr(publish, "open", failing_open, raising=False)  # where every file is published
     client = PropertySearchClient(sandbox.base_url, API_SECRET, page_size=PAGE_SIZE)
     with client, pytest.raises(CaptureError) as stopped:
         capture_campaign(engine, root, client, Campaign("sim", CRITERIA))

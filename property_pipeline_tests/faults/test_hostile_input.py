@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
 from property_pipeline.db.schema import batch_file_status, quarantined_records
-from property_pipeline.processing.engine import PayloadProcessor
 from property_pipeline.processing.parse import ParsedPayload, PayloadFormatError, parse_payload
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.processing.records import (
     COLUMNS,
     FIELDS,

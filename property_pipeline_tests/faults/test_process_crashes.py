@@ -31,7 +31,7 @@ from property_pipeline.db import status
 from property_pipeline.db.queries import file_states
 from property_pipeline.db.schema import batch_file_status, properties, utcnow
 from property_pipeline.integrity import verify_files
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store import markers
 from property_pipeline.store.layout import PayloadRoot
@@ -67,7 +67,7 @@ ZYGOTE = textwrap.dedent(
     from property_pipeline.db import status
     from property_pipeline.db.engine import create_db_engine
     from property_pipeline.processing import parse
-    from property_pipeline.processing.engine import PayloadProcessor
+    from property_pipeline.processing.processor import PayloadProcessor
     from property_pipeline.store import markers
     from property_pipeline.store.layout import PayloadRoot
 

@@ -179,7 +179,7 @@ SLOW_PROCESS = textwrap.dedent(
         return real(*args, **kwargs)
 
     loader.load_records = slow
-    import property_pipeline.processing.engine as engine
+    import property_pipeline.processing.processor as engine
     engine.load_records = slow
     from property_pipeline.cli import main
     sys.argv[0] = "property-pipeline"

@@ -23,9 +23,9 @@ from sqlalchemy import Engine, func, select
 
 from property_pipeline.cli import main
 from property_pipeline.db.schema import batch_file_status, file_properties, properties
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.store.layout import PayloadRoot, format_timestamp, month_of
-from property_pipeline.store.writer import sha256_file
+from property_pipeline.store.publish import sha256_file
 from property_pipeline_tests.factories import make_page, make_record
 from property_pipeline_tests.faults.figures import report_figure
 from property_pipeline_tests.faults.helpers import cli_command, cli_env

@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from property_pipeline.db import status
 from property_pipeline.db.schema import utcnow
 from property_pipeline.monitoring.report import build_status_report, render_markdown
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline_tests.factories import write_pages

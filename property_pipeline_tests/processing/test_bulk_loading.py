@@ -14,9 +14,9 @@ from sqlalchemy.exc import OperationalError
 
 from property_pipeline.db.queries import row_count_mismatches
 from property_pipeline.db.schema import batch_file_status, file_properties, properties
-from property_pipeline.processing import engine as processing_engine
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing import processor as processing_engine
 from property_pipeline.processing.loader import ALL_COLUMNS, PG_COPY_TYPES, _text_array
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline_tests.factories import BASE_TIME, make_record, write_page

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select
 
 from property_pipeline.db.queries import row_count_mismatches
 from property_pipeline.db.schema import batch_file_status, file_properties, properties, utcnow
-from property_pipeline.processing.engine import PayloadProcessor
+from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline_tests.factories import write_pages
@@ -27,7 +27,7 @@ KILLED_PROCESSOR = textwrap.dedent(
     """
     import os, signal, sys
     from property_pipeline.db.engine import create_db_engine
-    from property_pipeline.processing import engine as processing_engine
+    from property_pipeline.processing import processor as processing_engine
     from property_pipeline.store.layout import PayloadRoot
 
     loaded = []
@@ -49,7 +49,7 @@ PLAIN_PROCESSOR = textwrap.dedent(
     """
     import json, sys
     from property_pipeline.db.engine import create_db_engine
-    from property_pipeline.processing.engine import PayloadProcessor
+    from property_pipeline.processing.processor import PayloadProcessor
     from property_pipeline.store.layout import PayloadRoot
 
     report = PayloadProcessor(create_db_engine(sys.argv[1]), PayloadRoot(sys.argv[2])).run()

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select
 from property_pipeline.cli import main
 from property_pipeline.db.queries import row_count_mismatches
 from property_pipeline.db.schema import batch_file_status, file_status_events
-from property_pipeline.processing import engine as processing_engine
+from property_pipeline.processing import processor as processing_engine
 from property_pipeline.processing.parallel import WorkerFailed, default_workers, process_backlog
 from property_pipeline.registration import register_unregistered
 from property_pipeline.settings import Settings, SettingsError

@@ -15,7 +15,8 @@ from property_pipeline.store.layout import (
     parse_payload_name,
     validate_campaign_id,
 )
-from property_pipeline.store.writer import sha256_file, write_payload
+from property_pipeline.store.publish import sha256_file
+from property_pipeline.store.writer import write_payload
 
 
 def test_payload_is_stored_byte_for_byte_with_its_checksum(root: PayloadRoot) -> None:

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import BinaryIO
 
 from sqlalchemy import Connection, Engine, func, select
@@ -19,19 +20,28 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from property_pipeline.db import status
 from property_pipeline.db.status import PayloadFile
+from property_pipeline.errors import ProcessingError
 from property_pipeline.processing.loader import load_records
 from property_pipeline.processing.memory import fewer_garbage_collections
 from property_pipeline.processing.parse import PayloadFormatError, PayloadPage, read_page
 from property_pipeline.processing.requeue import prepare_backlog
 from property_pipeline.settings import DEFAULT_MAX_PAYLOAD_BYTES
+from property_pipeline.states import FileStatus
 from property_pipeline.store import markers
 from property_pipeline.store.layout import PayloadPathError, PayloadRoot
 
 log = logging.getLogger(__name__)
 
-# Outcomes of one claimed file besides COMPLETED and FAILED (neither is a file state):
-LOST = "LOST"  # another worker owns the file now: this one's lease had expired
-DEFERRED = "DEFERRED"  # given back to PENDING: other processors' locks on its properties did not clear in time
+
+class Outcome(StrEnum):
+    """What became of one claimed file: the file's new state (COMPLETED, FAILED), or why it has none from this
+    processor (LOST, DEFERRED). Not a file state: a file is never LOST or DEFERRED in the status table."""
+
+    COMPLETED = FileStatus.COMPLETED.value
+    FAILED = FileStatus.FAILED.value
+    LOST = "LOST"  # another worker owns the file now: this one's lease had expired
+    DEFERRED = "DEFERRED"  # given back to PENDING: other processors' locks on its properties did not clear in time
+
 
 # A file's transaction waits at most this long for a lock another processor holds, and is tried this
 # many times (with a growing, jittered pause) before the file is given back for a later run.
@@ -46,11 +56,11 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class FileProblem(Exception):
+class FileProblem(ProcessingError):
     """A file-level problem: the file is marked FAILED with this message and the run goes on."""
 
 
-class ConflictsPersisted(Exception):
+class ConflictsPersisted(ProcessingError):
     """The file's transaction kept losing to concurrent transactions; the file goes back to PENDING."""
 
 
@@ -58,7 +68,7 @@ class ConflictsPersisted(Exception):
 class FileOutcome:
     file_id: int
     file_path: str
-    status: str  # COMPLETED or FAILED (the file's new state), LOST or DEFERRED (see above)
+    status: Outcome
     properties_count: int
     success_count: int
     error_count: int
@@ -75,20 +85,20 @@ class ProcessingReport:
     outcomes: list[FileOutcome] = field(default_factory=list)
     seconds: float = 0.0
 
-    def _count(self, state: str) -> int:
+    def _count(self, state: Outcome) -> int:
         return sum(1 for outcome in self.outcomes if outcome.status == state)
 
     @property
     def completed(self) -> int:
-        return self._count(status.COMPLETED)
+        return self._count(Outcome.COMPLETED)
 
     @property
     def failed(self) -> int:
-        return self._count(status.FAILED)
+        return self._count(Outcome.FAILED)
 
     @property
     def deferred(self) -> list[FileOutcome]:
-        return [outcome for outcome in self.outcomes if outcome.status == DEFERRED]
+        return [outcome for outcome in self.outcomes if outcome.status == Outcome.DEFERRED]
 
     @property
     def records_loaded(self) -> int:
@@ -104,7 +114,7 @@ class ProcessingReport:
 
     @property
     def errors(self) -> list[FileOutcome]:
-        return [outcome for outcome in self.outcomes if outcome.status == status.FAILED]
+        return [outcome for outcome in self.outcomes if outcome.status == Outcome.FAILED]
 
 
 ProgressCallback = Callable[[FileOutcome], None]
@@ -170,7 +180,7 @@ class PayloadProcessor:
                 if claimed is None:
                     break
                 outcome = self.process_claimed(claimed)
-                if outcome.status == DEFERRED:
+                if outcome.status == Outcome.DEFERRED:
                     deferred.append(outcome.file_id)
                 report.outcomes.append(outcome)
                 if on_file is not None:
@@ -205,13 +215,13 @@ class PayloadProcessor:
                 outcome = self._load(payload, handle, started)
         except status.LostClaim as error:
             log.warning("%s", error)
-            return FileOutcome(payload.file_id, payload.file_path, LOST, 0, 0, 0, 0, str(error))
+            return FileOutcome(payload.file_id, payload.file_path, Outcome.LOST, 0, 0, 0, 0, str(error))
         except (FileProblem, PayloadPathError, OSError) as error:
             outcome = self._fail(payload, str(error), started)
         except ConflictsPersisted as error:
             self._release_quietly(payload, str(error))
             log.warning("file %s deferred: %s", payload.file_id, error)
-            return FileOutcome(payload.file_id, payload.file_path, DEFERRED, 0, 0, 0, 0, str(error))
+            return FileOutcome(payload.file_id, payload.file_path, Outcome.DEFERRED, 0, 0, 0, 0, str(error))
         except OperationalError:
             # The database went away mid-file: nothing was committed. Give the file back and stop.
             self._release_quietly(payload, "database connection lost during processing")
@@ -228,7 +238,7 @@ class PayloadProcessor:
         markers.follow(
             self.root,
             payload.file_path,
-            outcome.status,
+            FileStatus(outcome.status),  # COMPLETED or FAILED here: the file's new state
             file_id=payload.file_id,
             success_count=outcome.success_count,
             error_count=outcome.error_count,
@@ -272,7 +282,7 @@ class PayloadProcessor:
             return FileOutcome(
                 payload.file_id,
                 payload.file_path,
-                status.COMPLETED,
+                Outcome.COMPLETED,
                 page.properties_count,
                 page.accepted,
                 len(page.rejected),
@@ -315,9 +325,16 @@ class PayloadProcessor:
         elapsed_ms = _elapsed_ms(started)
         log.error("file %s FAILED: %s", payload.file_id, message)
         if not status.mark_failed(self.engine, payload.file_id, self.worker, message, processing_time_ms=elapsed_ms):
-            return FileOutcome(payload.file_id, payload.file_path, LOST, 0, 0, 0, elapsed_ms, message)
+            return FileOutcome(payload.file_id, payload.file_path, Outcome.LOST, 0, 0, 0, elapsed_ms, message)
         return FileOutcome(
-            payload.file_id, payload.file_path, status.FAILED, payload.properties_count or 0, 0, 0, elapsed_ms, message
+            payload.file_id,
+            payload.file_path,
+            Outcome.FAILED,
+            payload.properties_count or 0,
+            0,
+            0,
+            elapsed_ms,
+            message,
         )
 
     def _release_quietly(self, payload: PayloadFile, reason: str) -> None:
