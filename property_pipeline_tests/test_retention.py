@@ -36,6 +36,7 @@ from property_pipeline.retention import (
     restore_month,
     verify_archive,
 )
+from property_pipeline.retention import apply as retention_apply
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline.store.writer import StoredPayload
 from property_pipeline_tests.factories import make_record, write_page
@@ -226,14 +227,14 @@ def test_corrupted_archive_prevents_any_deletion(
 ) -> None:
     data = _old_data(engine, root)
     before = _snapshot(engine, root)
-    write_archive = retention.write_archive
+    write_archive = retention_apply.write_archive
 
     def corrupting_write(*args, **kwargs) -> Path:  # type: ignore[no-untyped-def]
         path = write_archive(*args, **kwargs)
         _flip_a_byte(path)
         return path
 
-    monkeypatch.setattr(retention, "write_archive", corrupting_write)
+    monkeypatch.setattr(retention_apply, "write_archive", corrupting_write)
     report = _cleanup(engine, root)
     assert not report.ok
     assert [m.month for m in report.months] == ELIGIBLE_MONTHS
@@ -362,7 +363,7 @@ def test_crash_in_the_middle_of_cleanup_loses_nothing_and_a_rerun_completes(
 ) -> None:
     data = _old_data(engine, root)
     before = _rows(engine)
-    remove = retention._remove_original
+    remove = retention_apply._remove_original
     calls: list[Path] = []
 
     def crashing_remove(path: Path) -> None:
@@ -373,7 +374,7 @@ def test_crash_in_the_middle_of_cleanup_loses_nothing_and_a_rerun_completes(
             raise SimulatedCrash(f"killed while deleting {path.name}")
         remove(path)
 
-    monkeypatch.setattr(retention, "_remove_original", crashing_remove)
+    monkeypatch.setattr(retention_apply, "_remove_original", crashing_remove)
     with pytest.raises(SimulatedCrash):
         _cleanup(engine, root, archive=archive)
     _assert_nothing_lost(engine, root, data)

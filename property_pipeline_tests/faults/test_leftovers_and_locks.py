@@ -69,7 +69,7 @@ def test_retry_puts_the_markers_back_to_pending(db_url: str, engine: Engine, roo
 KILL_CLEANUP_WHILE_ARCHIVING = textwrap.dedent(
     """
     import os, signal, sys, tarfile
-    from property_pipeline import retention
+    from property_pipeline.retention import archive as retention
     real = retention._add_payload
     calls = [0]
 

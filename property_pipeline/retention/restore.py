@@ -1,0 +1,152 @@
+"""Putting a month's archived files back, byte-identical and verified, under the month lock."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tarfile
+import zlib
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import Engine, Row, select
+
+from property_pipeline.db import status
+from property_pipeline.db.schema import batch_file_status as files
+from property_pipeline.retention.archive import ArchiveError, ManifestEntry, archive_path, verify_archive
+from property_pipeline.retention.months import month_lock, remove_leftovers
+from property_pipeline.retention.plan import ROW_COLUMNS, Failure
+from property_pipeline.store import markers
+from property_pipeline.store.layout import PayloadPathError, PayloadRoot, validate_month
+from property_pipeline.store.publish import (
+    HASH_CHUNK,
+    PublishedBytesDiffer,
+    publishing,
+    sha256_file,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RestoreReport:
+    month: str
+    archives: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
+    already_present: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def restore_month(
+    engine: Engine, root: PayloadRoot, month: str, on_wait: Callable[[str], None] | None = None
+) -> RestoreReport:
+    """Put a month's archived files back on disk, byte-identical, read-only; clear `deleted_at`; mark processed.
+
+    Under the month lock: a cleanup of the same month waits for the restore (and the other way round).
+    """
+    validate_month(month)
+    with month_lock(engine, month, None if on_wait is None else partial(on_wait, month)):
+        return _restore_month(engine, root, month)
+
+
+def _restore_month(engine: Engine, root: PayloadRoot, month: str) -> RestoreReport:
+    report = RestoreReport(month)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(*ROW_COLUMNS)
+            .where(files.c.month == month, (files.c.archive_name.is_not(None)) | (files.c.deleted_at.is_not(None)))
+            .order_by(files.c.file_id)
+        ).all()
+    if not rows:
+        report.failures.append(Failure(None, f"no file of {month} was archived or deleted: nothing to restore"))
+    by_archive: dict[str, list[Row[Any]]] = defaultdict(list)
+    for row in rows:
+        if row.archive_name is None:
+            reason = "deleted without an archive (cleanup --no-archive): restore it from a backup"
+            report.failures.append(Failure(row.file_path, reason))
+        else:
+            by_archive[row.archive_name].append(row)
+    for name, group in by_archive.items():
+        report.archives.append(name)
+        _restore_from_archive(root, name, group, report)
+    back = set(report.restored) | set(report.already_present)
+    done = [row for row in rows if row.file_path in back]
+    status.record_restored(engine, [row.file_id for row in done])
+    for row in done:
+        markers.mark_processed(
+            root, row.file_path, {"file_id": row.file_id, "status": row.status, "restored_from": row.archive_name}
+        )
+    return report
+
+
+def _restore_from_archive(root: PayloadRoot, name: str, rows: list[Row[Any]], report: RestoreReport) -> None:
+    needed: dict[str, Row[Any]] = {}
+    for row in rows:
+        try:
+            target = root.resolve(row.file_path)
+            root.check_not_linked(target)
+        except PayloadPathError as error:
+            report.failures.append(
+                Failure(row.file_path, f"not restored: {error}; remove the link, then rerun restore")
+            )
+            continue
+        remove_leftovers(target.parent, target.name)  # left by a restore that was killed
+        if not target.exists():
+            needed[row.file_path] = row
+        elif sha256_file(target)[0] == row.checksum_sha256:
+            report.already_present.append(row.file_path)
+        else:
+            reason = f"{target} exists and differs from the archived bytes; move it aside, then rerun restore"
+            report.failures.append(Failure(row.file_path, reason))
+    if not needed:
+        return
+    try:
+        path = archive_path(root, name)
+        verify_archive(path, [_registered_row(row) for row in needed.values()])
+        _extract(root, path, needed, report)
+    except ArchiveError as error:
+        report.failures += [Failure(p, f"not restored: {error}") for p in needed if p not in report.restored]
+
+
+def _extract(root: PayloadRoot, path: Path, needed: dict[str, Row[Any]], report: RestoreReport) -> None:
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                row = needed.get(member.name)
+                stream = tar.extractfile(member) if row is not None else None
+                if row is None or stream is None:
+                    continue
+                try:
+                    _publish(stream, root.resolve(row.file_path), row.checksum_sha256)
+                    report.restored.append(row.file_path)
+                except (OSError, ArchiveError) as error:
+                    report.failures.append(Failure(row.file_path, f"not restored: {error}"))
+    except (OSError, EOFError, zlib.error, tarfile.TarError) as error:
+        raise ArchiveError(f"archive {path.name} cannot be read ({type(error).__name__}: {error})") from error
+
+
+def _publish(stream: BinaryIO, target: Path, checksum: str) -> None:
+    """Write a restored file crash-safely, read back and checked against its SHA-256 first; never overwrite."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with publishing(target, expected_sha256=checksum) as out:
+            shutil.copyfileobj(stream, out, HASH_CHUNK)
+    except PublishedBytesDiffer as error:
+        raise ArchiveError(f"{error}, the SHA-256 the database holds") from None
+    except FileExistsError:
+        raise FileExistsError(f"{target} appeared while restoring; left as it is") from None
+
+
+def _registered_row(row: Row[Any]) -> ManifestEntry:
+    return ManifestEntry.registered(row.file_id, row.file_path, row.file_size_bytes, row.checksum_sha256)
