@@ -21,7 +21,6 @@ import click
 from sqlalchemy import make_url
 from sqlalchemy.exc import OperationalError
 
-from property_pipeline.db.schema import utcnow
 from property_pipeline.errors import PipelineError
 from property_pipeline.processing.parallel import WorkerFailed
 from property_pipeline.runtime import Pipeline
@@ -149,19 +148,6 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
-
-
-def age(moment: datetime | None) -> str:
-    if moment is None:
-        return "-"
-    seconds = int((utcnow() - moment).total_seconds())
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
 
 
 @click.group(cls=PipelineGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -11,7 +11,6 @@ from property_pipeline.cli.app import (
     EXIT_FAILED,
     EXIT_OK,
     PipelineUsageError,
-    age,
     json_option,
     main,
     month_option,
@@ -22,7 +21,7 @@ from property_pipeline.cli.app import (
 from property_pipeline.db.engine import create_db_engine, upgrade
 from property_pipeline.db.queries import file_states, month_statuses, problem_files
 from property_pipeline.integrity import verify_files
-from property_pipeline.monitoring.report import build_status_report
+from property_pipeline.monitoring.report import build_status_report, format_age_since
 from property_pipeline.processing.parallel import default_workers, process_backlog
 from property_pipeline.processing.processor import FileOutcome
 from property_pipeline.processing.requeue import retry_failed_files
@@ -262,7 +261,7 @@ def print_status(pipeline: Pipeline, month: str | None = None) -> None:
                     m.duplicates,
                     m.records_loaded,
                     m.records_quarantined,
-                    age(m.oldest_pending_at),
+                    format_age_since(m.oldest_pending_at),
                     m.archived,
                     m.deleted,
                 ]

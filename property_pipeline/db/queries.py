@@ -46,60 +46,105 @@ class FileProblemRow:
     processed_at: datetime | None
 
 
-def _count(state: str):  # type: ignore[no-untyped-def]
-    return func.sum(case((files.c.status == state, 1), else_=0))
+@dataclass(frozen=True)
+class FileTotals:
+    """The files of one month and campaign: by state, what they loaded and quarantined, and what is on disk.
+
+    The one aggregate query behind `month_statuses`, `campaign_totals` and the status report.
+    """
+
+    month: str
+    campaign_id: str
+    pending: int
+    processing: int
+    completed: int
+    failed: int
+    duplicates: int
+    records_loaded: int  # success_count of the COMPLETED files
+    records_quarantined: int  # error_count of the COMPLETED files
+    oldest_pending_at: datetime | None
+    archived: int  # in a retention archive (`archived_at` set)
+    deleted: int  # removed from disk by retention on purpose (`deleted_at` set); always COMPLETED
+    records_on_disk: int  # records of the files not deleted by retention
+    bytes_on_disk: int
 
 
-def month_statuses(engine: Engine, month: str | None = None) -> list[MonthStatus]:
-    """Files by status, records loaded and quarantined, and the oldest PENDING file, per month."""
+def _count(condition: Any) -> Any:
+    return func.sum(case((condition, 1), else_=0))
+
+
+def _sum_where(condition: Any, column: Any) -> Any:
+    return func.coalesce(func.sum(case((condition, column), else_=0)), 0)
+
+
+def file_totals(engine: Engine, month: str | None = None) -> list[FileTotals]:
+    """FileTotals per month and campaign (one month when given), in month and campaign order."""
+    on_disk = files.c.deleted_at.is_(None)
+    completed = files.c.status == FileStatus.COMPLETED
     query = (
         select(
             files.c.month,
-            _count(FileStatus.PENDING).label("pending"),
-            _count(FileStatus.PROCESSING).label("processing"),
-            _count(FileStatus.COMPLETED).label("completed"),
-            _count(FileStatus.FAILED).label("failed"),
-            func.sum(case((files.c.duplicate_of_file_id.is_not(None), 1), else_=0)).label("duplicates"),
-            func.coalesce(
-                func.sum(case((files.c.status == FileStatus.COMPLETED, files.c.success_count), else_=0)), 0
-            ).label("loaded"),
-            func.coalesce(
-                func.sum(case((files.c.status == FileStatus.COMPLETED, files.c.error_count), else_=0)), 0
-            ).label("quarantined"),
+            files.c.campaign_id,
+            _count(files.c.status == FileStatus.PENDING).label("pending"),
+            _count(files.c.status == FileStatus.PROCESSING).label("processing"),
+            _count(completed).label("completed"),
+            _count(files.c.status == FileStatus.FAILED).label("failed"),
+            _count(files.c.duplicate_of_file_id.is_not(None)).label("duplicates"),
+            _sum_where(completed, files.c.success_count).label("loaded"),
+            _sum_where(completed, files.c.error_count).label("quarantined"),
             func.min(case((files.c.status == FileStatus.PENDING, files.c.created_at))).label("oldest_pending"),
             func.count(files.c.archived_at).label("archived"),
             func.count(files.c.deleted_at).label("deleted"),
+            _sum_where(on_disk, func.coalesce(files.c.properties_count, 0)).label("records_on_disk"),
+            _sum_where(on_disk, files.c.file_size_bytes).label("bytes_on_disk"),
         )
-        .group_by(files.c.month)
-        .order_by(files.c.month)
+        .group_by(files.c.month, files.c.campaign_id)
+        .order_by(files.c.month, files.c.campaign_id)
     )
     if month is not None:
         query = query.where(files.c.month == month)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    result = []
-    for row in rows:
-        oldest = row.oldest_pending
-        if isinstance(oldest, str):  # SQLite returns MIN() of a text column untyped
-            oldest = files.c.created_at.type.process_result_value(oldest, engine.dialect)
-        elif oldest is not None and oldest.tzinfo is None:
-            oldest = files.c.created_at.type.process_result_value(oldest, engine.dialect)
-        result.append(
-            MonthStatus(
-                row.month,
-                int(row.pending or 0),
-                int(row.processing or 0),
-                int(row.completed or 0),
-                int(row.failed or 0),
-                int(row.duplicates or 0),
-                int(row.loaded or 0),
-                int(row.quarantined or 0),
-                oldest,
-                archived=int(row.archived or 0),
-                deleted=int(row.deleted or 0),
-            )
+    return [
+        FileTotals(
+            row.month,
+            row.campaign_id,
+            *(int(value or 0) for value in row[2:9]),
+            _utc(engine, row.oldest_pending),
+            *(int(value or 0) for value in row[10:]),
         )
-    return result
+        for row in rows
+    ]
+
+
+def _utc(engine: Engine, value: object) -> datetime | None:
+    """MIN() of a time column, which SQLite returns untyped (text) and PostgreSQL as a timestamptz."""
+    if value is None:
+        return None
+    return files.c.created_at.type.process_result_value(value, engine.dialect)  # type: ignore[no-any-return]
+
+
+def month_statuses(engine: Engine, month: str | None = None) -> list[MonthStatus]:
+    """Files by status, records loaded and quarantined, and the oldest PENDING file, per month."""
+    by_month: dict[str, list[FileTotals]] = {}
+    for totals in file_totals(engine, month):
+        by_month.setdefault(totals.month, []).append(totals)
+    return [
+        MonthStatus(
+            name,
+            sum(t.pending for t in group),
+            sum(t.processing for t in group),
+            sum(t.completed for t in group),
+            sum(t.failed for t in group),
+            sum(t.duplicates for t in group),
+            sum(t.records_loaded for t in group),
+            sum(t.records_quarantined for t in group),
+            min((t.oldest_pending_at for t in group if t.oldest_pending_at is not None), default=None),
+            archived=sum(t.archived for t in group),
+            deleted=sum(t.deleted for t in group),
+        )
+        for name, group in by_month.items()
+    ]
 
 
 def problem_files(
@@ -203,26 +248,20 @@ class CampaignTotals:
 
 def campaign_totals(engine: Engine, month: str) -> list[CampaignTotals]:
     """Files, records, bytes and files by status per campaign, over the month's files not deleted by retention."""
-    query = (
-        select(
-            files.c.campaign_id,
-            func.count().label("files"),
-            func.coalesce(func.sum(files.c.properties_count), 0).label("records"),
-            func.coalesce(func.sum(files.c.file_size_bytes), 0).label("bytes"),
-            _count(FileStatus.PENDING).label("pending"),
-            _count(FileStatus.PROCESSING).label("processing"),
-            _count(FileStatus.COMPLETED).label("completed"),
-            _count(FileStatus.FAILED).label("failed"),
+    return [
+        CampaignTotals(
+            t.campaign_id,
+            t.pending + t.processing + t.completed + t.failed - t.deleted,
+            t.records_on_disk,
+            t.bytes_on_disk,
+            t.pending,
+            t.processing,
+            t.completed - t.deleted,  # retention deletes COMPLETED files only
+            t.failed,
         )
-        .where(files.c.month == month, files.c.deleted_at.is_(None))
-        .group_by(files.c.campaign_id)
-        .order_by(files.c.campaign_id)
-    )
-    with engine.connect() as conn:
-        return [
-            CampaignTotals(row.campaign_id, *(int(value or 0) for value in row[1:]))
-            for row in conn.execute(query).all()
-        ]
+        for t in file_totals(engine, month)
+        if t.pending + t.processing + t.completed + t.failed > t.deleted
+    ]
 
 
 def file_paths(engine: Engine, file_ids: Sequence[int]) -> dict[int, str]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, func, select
 
+from property_pipeline.db.queries import file_totals
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import utcnow
 from property_pipeline.states import FileStatus
@@ -77,34 +78,10 @@ class StatusReport:
         return sorted({row.month for row in self.rows})
 
 
-def _count(state: str):  # type: ignore[no-untyped-def]
-    return func.sum(case((files.c.status == state, 1), else_=0))
-
-
-def _as_utc(engine: Engine, value: object) -> datetime | None:
-    return files.c.created_at.type.process_result_value(value, engine.dialect) if value is not None else None
-
-
 def build_status_report(engine: Engine, *, month: str | None = None, now: datetime | None = None) -> StatusReport:
     """Read the status table once per question and assemble the report."""
     report = StatusReport(generated_at=now or utcnow())
     scope = [files.c.month == month] if month else []
-    grouped = (
-        select(
-            files.c.month,
-            files.c.campaign_id,
-            _count(FileStatus.PENDING).label("pending"),
-            _count(FileStatus.PROCESSING).label("processing"),
-            _count(FileStatus.COMPLETED).label("completed"),
-            _count(FileStatus.FAILED).label("failed"),
-            func.sum(case((files.c.status == FileStatus.COMPLETED, files.c.success_count), else_=0)).label("loaded"),
-            func.sum(case((files.c.status == FileStatus.COMPLETED, files.c.error_count), else_=0)).label("quarantined"),
-            func.min(case((files.c.status == FileStatus.PENDING, files.c.created_at))).label("oldest_pending"),
-        )
-        .where(*scope)
-        .group_by(files.c.month, files.c.campaign_id)
-        .order_by(files.c.month, files.c.campaign_id)
-    )
     line_columns = (
         files.c.file_id,
         files.c.file_path,
@@ -129,21 +106,21 @@ def build_status_report(engine: Engine, *, month: str | None = None, now: dateti
     throughput = select(
         func.coalesce(func.sum(files.c.success_count), 0), func.coalesce(func.sum(files.c.processing_time_ms), 0)
     ).where(files.c.status == FileStatus.COMPLETED, files.c.duplicate_of_file_id.is_(None), *scope)
+    report.rows = [
+        CampaignMonth(
+            t.month,
+            t.campaign_id,
+            t.pending,
+            t.processing,
+            t.completed,
+            t.failed,
+            t.records_loaded,
+            t.records_quarantined,
+            t.oldest_pending_at,
+        )
+        for t in file_totals(engine, month)
+    ]
     with engine.connect() as conn:
-        for row in conn.execute(grouped):
-            report.rows.append(
-                CampaignMonth(
-                    row.month,
-                    row.campaign_id,
-                    int(row.pending or 0),
-                    int(row.processing or 0),
-                    int(row.completed or 0),
-                    int(row.failed or 0),
-                    int(row.loaded or 0),
-                    int(row.quarantined or 0),
-                    _as_utc(engine, row.oldest_pending),
-                )
-            )
         report.slowest = [FileLine(**row._mapping) for row in conn.execute(slowest)]
         report.latest_errors = [FileLine(**row._mapping) for row in conn.execute(errors)]
         loaded, milliseconds = conn.execute(throughput).one()
@@ -163,6 +140,11 @@ def format_age(seconds: float | None) -> str:
     if seconds < 172800:
         return f"{seconds // 3600}h"
     return f"{seconds // 86400}d"
+
+
+def format_age_since(moment: datetime | None, now: datetime | None = None) -> str:
+    """How long ago `moment` was, as `format_age` says it ("-" for none)."""
+    return format_age(None if moment is None else ((now or utcnow()) - moment).total_seconds())
 
 
 def _cell(text: object) -> str:
