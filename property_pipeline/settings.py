@@ -12,6 +12,9 @@ from property_pipeline.errors import ConfigurationError
 DEFAULT_LOGS_DIR = "logs"
 DEFAULT_DB_FILE = "property_pipeline.db"
 DEFAULT_LEASE_SECONDS = 300
+# A statement of a file's load running longer than this is cancelled by PostgreSQL (it also frees the
+# row locks of a processor suspended in the middle of its COPY).
+DEFAULT_STATEMENT_TIMEOUT_SECONDS = 600
 DEFAULT_API_BASE_URL = "http://127.0.0.1:8765"
 DEFAULT_PAGE_SIZE = 400
 MAX_PAGE_SIZE = 1000  # the provider's maximum
@@ -106,6 +109,7 @@ class Settings:
     logs_dir: Path
     db_url: str
     lease_seconds: int = DEFAULT_LEASE_SECONDS
+    statement_timeout_seconds: int = DEFAULT_STATEMENT_TIMEOUT_SECONDS
     api_base_url: str = DEFAULT_API_BASE_URL
     api_key: str | None = field(default=None, repr=False)
     page_size: int = DEFAULT_PAGE_SIZE
@@ -132,6 +136,9 @@ class Settings:
             logs_dir=logs_dir,
             db_url=_db_url_env("PROPERTY_PIPELINE_DB_URL"),
             lease_seconds=_int_env("PROPERTY_PIPELINE_LEASE_SECONDS", DEFAULT_LEASE_SECONDS, maximum=7 * DAY),
+            statement_timeout_seconds=_int_env(
+                "PROPERTY_PIPELINE_STATEMENT_TIMEOUT_SECONDS", DEFAULT_STATEMENT_TIMEOUT_SECONDS, maximum=DAY
+            ),
             api_base_url=_http_url_env("PROPERTY_API_BASE_URL", DEFAULT_API_BASE_URL) or DEFAULT_API_BASE_URL,
             api_key=os.environ.get("PROPERTY_API_KEY") or None,
             page_size=_int_env("PROPERTY_API_PAGE_SIZE", DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE),

@@ -211,6 +211,7 @@ def demo(pipeline: Pipeline, records: int) -> None:
         pipeline.root,
         lease_seconds=pipeline.settings.lease_seconds,
         max_payload_bytes=pipeline.settings.max_payload_bytes,
+        statement_timeout_seconds=pipeline.settings.statement_timeout_seconds,
     ).run()
     click.echo(
         f"   {processed.completed} files completed, {processed.failed} failed; {processed.records_loaded} records "

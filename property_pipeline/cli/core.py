@@ -159,6 +159,7 @@ def process(
             workers=workers,
             lease_seconds=pipeline.settings.lease_seconds,
             max_payload_bytes=pipeline.settings.max_payload_bytes,
+            statement_timeout_seconds=pipeline.settings.statement_timeout_seconds,
             month=month,
             include_failed=include_failed,
             limit=limit,

@@ -44,7 +44,11 @@ from property_pipeline.processing.processor import (
     new_worker_id,
 )
 from property_pipeline.processing.requeue import prepare_backlog
-from property_pipeline.settings import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_PAYLOAD_BYTES
+from property_pipeline.settings import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+)
 from property_pipeline.store.layout import PayloadRoot
 
 log = logging.getLogger(__name__)
@@ -93,6 +97,7 @@ class _Scope:
     file_ids: Sequence[int] | None
     lease_seconds: int
     max_payload_bytes: int
+    statement_timeout_seconds: int
 
 
 class _StopRequest:
@@ -135,6 +140,7 @@ def process_backlog(
     workers: int = 1,
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    statement_timeout_seconds: int = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
     month: str | None = None,
     file_ids: Sequence[int] | None = None,
     include_failed: bool = False,
@@ -150,7 +156,13 @@ def process_backlog(
     """
     stop_request = _StopRequest(on_stop_requested)
     if workers <= 1 or limit is not None or "fork" not in multiprocessing.get_all_start_methods():
-        processor = PayloadProcessor(engine, root, lease_seconds=lease_seconds, max_payload_bytes=max_payload_bytes)
+        processor = PayloadProcessor(
+            engine,
+            root,
+            lease_seconds=lease_seconds,
+            max_payload_bytes=max_payload_bytes,
+            statement_timeout_seconds=statement_timeout_seconds,
+        )
         with _handling(stop_request):
             report = processor.run(
                 month=month,
@@ -161,7 +173,7 @@ def process_backlog(
                 should_stop=stop_request.requested,
             )
     else:
-        scope = _Scope(month, file_ids, lease_seconds, max_payload_bytes)
+        scope = _Scope(month, file_ids, lease_seconds, max_payload_bytes, statement_timeout_seconds)
         with _handling(stop_request):
             report = _with_workers(engine, root, workers, scope, include_failed, on_file, stop_request)
     if stop_request.signal_number is not None:
@@ -291,7 +303,11 @@ def _work(
     _die_with_parent(parent_pid)
     engine.dispose(close=False)  # the parent's connections are the parent's; this process opens its own
     processor = PayloadProcessor(
-        engine, root, lease_seconds=scope.lease_seconds, max_payload_bytes=scope.max_payload_bytes
+        engine,
+        root,
+        lease_seconds=scope.lease_seconds,
+        max_payload_bytes=scope.max_payload_bytes,
+        statement_timeout_seconds=scope.statement_timeout_seconds,
     )
 
     def should_stop() -> bool:

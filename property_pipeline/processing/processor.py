@@ -8,6 +8,7 @@ import math
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -25,7 +26,11 @@ from property_pipeline.processing.loader import load_records
 from property_pipeline.processing.memory import fewer_garbage_collections
 from property_pipeline.processing.parse import PayloadFormatError, PayloadPage, read_page
 from property_pipeline.processing.requeue import prepare_backlog
-from property_pipeline.settings import DEFAULT_MAX_PAYLOAD_BYTES
+from property_pipeline.settings import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+)
 from property_pipeline.states import FileStatus
 from property_pipeline.store import markers
 from property_pipeline.store.layout import PayloadPathError, PayloadRoot
@@ -49,6 +54,8 @@ LOCK_TIMEOUT_SECONDS = 10
 CONFLICT_ATTEMPTS = 4
 # SQLSTATEs of a transaction that lost to a concurrent one: deadlock, serialization failure, lock timeout.
 CONFLICT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+# The heartbeat renews a claim this many times per lease, so that one late renewal never loses it.
+RENEWALS_PER_LEASE = 3
 
 
 def new_worker_id() -> str:
@@ -120,6 +127,33 @@ class ProcessingReport:
 ProgressCallback = Callable[[FileOutcome], None]
 
 
+class _Heartbeat:
+    """Renews a claim's lease from a thread while its file is processed, so a long load never loses its claim.
+
+    A renewal that finds the file no longer claimed by this worker stops the heartbeat; the data
+    transaction then fails on its own check of the claim (LostClaim). While the data transaction holds
+    the status row, a renewal waits for it (and renews nothing once the file is done), which is harmless:
+    nobody requeues a row that a transaction holds.
+    """
+
+    def __init__(self, engine: Engine, file_id: int, worker: str, lease_seconds: int) -> None:
+        self._engine, self._file_id, self._worker, self._lease = engine, file_id, worker, lease_seconds
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-heartbeat-{file_id}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self._lease / RENEWALS_PER_LEASE):
+            try:
+                if not status.extend_lease(self._engine, self._file_id, self._worker, self._lease):
+                    return  # finished, or taken over: nothing left to renew
+            except DBAPIError as error:  # the database is away: the load itself will say so
+                log.warning("file %s: could not renew its lease: %s", self._file_id, error.orig)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
 def _elapsed_ms(started: float) -> int:
     """Milliseconds since `started`, rounded up: a file that took 0.3 ms took 1 ms, not none (rates stay finite)."""
     return math.ceil((time.perf_counter() - started) * 1000)
@@ -138,15 +172,17 @@ class PayloadProcessor:
         engine: Engine,
         root: PayloadRoot,
         *,
-        lease_seconds: int = 300,
+        lease_seconds: int = DEFAULT_LEASE_SECONDS,
         worker: str | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        statement_timeout_seconds: int = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
     ) -> None:
         self.engine = engine
         self.root = root
         self.lease_seconds = lease_seconds
         self.worker = worker or new_worker_id()
         self.max_payload_bytes = max_payload_bytes
+        self.statement_timeout_seconds = statement_timeout_seconds
         self._random = random.Random()  # noqa: S311 - retry jitter, not secrets
 
     def run(
@@ -196,6 +232,7 @@ class PayloadProcessor:
         """
         started = time.perf_counter()
         copy = None
+        heartbeat = _Heartbeat(self.engine, payload.file_id, self.worker, self.lease_seconds)
         try:
             source = self.root.resolve(payload.file_path)
             if not source.is_file():
@@ -233,6 +270,7 @@ class PayloadProcessor:
             self._release_quietly(payload, "processing interrupted")
             raise
         finally:
+            heartbeat.stop()
             if copy is not None:
                 markers.drop_processing_copy(copy)
         markers.follow(
@@ -308,16 +346,16 @@ class PayloadProcessor:
 
     def _bound_waits(self, conn: Connection) -> None:
         """PostgreSQL: the file's transaction waits at most LOCK_TIMEOUT_SECONDS for a lock, and its session is
-        ended by the server if it sits idle inside the transaction (a suspended processor) or runs one statement
-        for longer than a lease, so that its row locks never hold the other processors up for good."""
+        ended by the server if it sits idle inside the transaction for a lease (a suspended processor: a live one
+        never pauses between its statements) or runs one statement past `statement_timeout_seconds`, so that
+        its row locks never hold the other processors up for good."""
         if conn.dialect.name != "postgresql":
             return
-        lease = f"{self.lease_seconds}s"
         conn.execute(
             select(
                 func.set_config("lock_timeout", f"{LOCK_TIMEOUT_SECONDS}s", True),
-                func.set_config("idle_in_transaction_session_timeout", lease, True),
-                func.set_config("statement_timeout", lease, True),
+                func.set_config("idle_in_transaction_session_timeout", f"{self.lease_seconds}s", True),
+                func.set_config("statement_timeout", f"{self.statement_timeout_seconds}s", True),
             )
         )
 

@@ -279,7 +279,9 @@ def test_a_suspended_processor_past_its_lease_does_not_stop_the_others(
             BASE_TIME + timedelta(seconds=batch),
         )
     register_unregistered(engine, root, "test")
-    env = {**cli_env(pg_url, root, PROPERTY_PIPELINE_LEASE_SECONDS="3"), "PYTHONPATH": str(REPO)}
+    # A session idle in its transaction for a lease, or in one statement past the statement timeout, is ended.
+    timeouts = {"PROPERTY_PIPELINE_LEASE_SECONDS": "3", "PROPERTY_PIPELINE_STATEMENT_TIMEOUT_SECONDS": "3"}
+    env = {**cli_env(pg_url, root, **timeouts), "PYTHONPATH": str(REPO)}
     suspended = subprocess.Popen(
         [sys.executable, "-c", SUSPENDED_PROCESS, where, "process", "--workers", "1"],
         env=env,
