@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +23,7 @@ from sqlalchemy import Engine, func, insert, select, update
 
 from property_pipeline.api.client import PropertyApiError, PropertySearchClient
 from property_pipeline.db.schema import batch_file_status, capture_runs, utcnow
-from property_pipeline.db.status import NewPayloadFile, register_files
+from property_pipeline.db.status import NewPayloadFile, Registration, register_files
 from property_pipeline.errors import ConfigurationError, PipelineError
 from property_pipeline.processing.memory import fewer_garbage_collections
 from property_pipeline.registration import register_unregistered
@@ -33,11 +33,10 @@ from property_pipeline.store.layout import PayloadRoot, month_of, validate_campa
 from property_pipeline.store.writer import StoredPayload, remove_stale_temporaries, write_payload
 
 log = logging.getLogger(__name__)
-_END = object()
 T = TypeVar("T")
 
 
-def read_ahead(items: Iterator[T]) -> Iterator[T]:
+def read_ahead(items: Iterator[T]) -> Iterator[T]:  # T is never None: None marks the end
     """Yield from `items` while a thread already takes the next one: the next page is fetched while this
     one is written, fsynced and registered.
 
@@ -47,10 +46,10 @@ def read_ahead(items: Iterator[T]) -> Iterator[T]:
     request ends within the client's timeouts) and dropped: nothing was stored of it.
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="capture-read-ahead") as pool:
-        upcoming = pool.submit(next, items, _END)
-        while (item := upcoming.result()) is not _END:
-            upcoming = pool.submit(next, items, _END)
-            yield item  # type: ignore[misc]  # not _END here
+        upcoming: Future[T | None] = pool.submit(next, items, None)
+        while (item := upcoming.result()) is not None:
+            upcoming = pool.submit(next, items, None)
+            yield item
 
 
 class CaptureError(PipelineError):
@@ -394,7 +393,7 @@ def _register_page(
     result_count: int,
     next_index: int,
     retries: int,
-):  # type: ignore[no-untyped-def]
+) -> Registration:
     """Register the page and advance the run in one transaction."""
     with engine.begin() as conn:
         (registration,) = register_files(

@@ -52,12 +52,12 @@ def require_pyarrow() -> Any:
 
 def _text_times(chunk: pd.DataFrame) -> pd.DataFrame:
     """Dates and times as ISO 8601 text (for CSV and JSON lines); missing ones stay missing."""
-    converted = {}
+    converted: dict[str, pd.Series[Any]] = {}
     for column, dtype in chunk.dtypes.items():
         if isinstance(dtype, pd.DatetimeTZDtype):
-            converted[column] = chunk[column].dt.tz_convert("UTC").dt.strftime(TIME_FORMAT).astype("string")
+            converted[str(column)] = chunk[column].dt.tz_convert("UTC").dt.strftime(TIME_FORMAT).astype("string")
         elif getattr(dtype, "kind", "") == "M":
-            converted[column] = chunk[column].dt.strftime(DATE_FORMAT).astype("string")
+            converted[str(column)] = chunk[column].dt.strftime(DATE_FORMAT).astype("string")
     return chunk.assign(**converted) if converted else chunk
 
 

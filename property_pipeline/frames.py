@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, Select, Text, cast, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, Select, Text, cast, func, select
 
 from property_pipeline.db.engine import SQLITE_DEFERRED
 from property_pipeline.db.schema import batch_file_status as files
@@ -129,7 +129,9 @@ def _properties_queries(
     # A semi-join (IN), not DISTINCT over the rows: one row per property whatever the number of files
     # that delivered it, and PostgreSQL's `json` has no equality operator for DISTINCT anyway.
     delivered = properties_table.c.property_id.in_(_delivered(months, campaign))
-    columns = [properties_table.c[name] for name in property_dtypes() if name in properties_table.c]
+    columns: list[ColumnElement[Any]] = [
+        properties_table.c[name] for name in property_dtypes() if name in properties_table.c
+    ]
     if include_raw:
         columns.append(cast(properties_table.c.raw, Text).label("raw"))  # the text, not a parsed dict
     rows = select(*columns).where(delivered).order_by(properties_table.c.property_id)

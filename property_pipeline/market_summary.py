@@ -68,11 +68,16 @@ def _share(flags: pd.Series) -> float | None:
     return float(known.astype(bool).sum()) / len(known) if len(known) else None
 
 
+def _missing(value: object) -> bool:
+    """A group key that stands for "no value" (groupby with dropna=False gives NA there)."""
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
 def summarise(properties: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (state, property_type) of `properties`, with the changes against `previous` (stored rows)."""
     rows = []
     for key, group in properties.groupby(list(GROUP_BY), dropna=False, sort=False):
-        state, property_type = (None if pd.isna(part) else part for part in key)
+        state, property_type = (None if _missing(part) else part for part in key)
         rows.append({"state": state, "property_type": property_type, **_statistics(group)})
     summary = pd.DataFrame(rows, columns=[*GROUP_BY, *STATISTICS])
     summary = summary.astype({"property_count": "Int64", "valued_count": "Int64"})

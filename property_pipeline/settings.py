@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from property_pipeline.errors import ConfigurationError
@@ -163,7 +164,7 @@ class Settings:
             ),
         )
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some values replaced (command-line flags win over the environment)."""
         return replace(self, **changes)
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast, overload
 from urllib.parse import quote
 
 import click
@@ -52,7 +52,15 @@ def json_option(function: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(function)
 
 
-def pipeline_command(function: F | None = None, *, read_only: bool = False) -> Any:
+@overload
+def pipeline_command(function: F) -> F: ...
+
+
+@overload
+def pipeline_command(*, read_only: bool = False) -> Callable[[F], F]: ...
+
+
+def pipeline_command(function: F | None = None, *, read_only: bool = False) -> F | Callable[[F], F]:
     """Give the command a Pipeline (closed afterwards). `read_only=True` for commands that only look: they create
     nothing, not even an empty database, and say so when nothing is there."""
 
@@ -66,12 +74,12 @@ def pipeline_command(function: F | None = None, *, read_only: bool = False) -> A
             finally:
                 pipeline.close()
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)
 
     return decorate if function is None else decorate(function)
 
 
-def database_unusable(settings: Settings | None, cause: object) -> click.ClickException:
+def database_unusable(settings: Settings | None, cause: object, workers: str = "") -> click.ClickException:
     """The one line for a database that refused, dropped or cancelled us (the password never shown)."""
     where = "PROPERTY_PIPELINE_DB_URL"
     if settings is not None:
@@ -79,15 +87,16 @@ def database_unusable(settings: Settings | None, cause: object) -> click.ClickEx
     cause_text = " ".join(str(cause).split()).rstrip(".")
     return click.ClickException(
         f"cannot use the database at {where}: {cause_text}. Check PROPERTY_PIPELINE_DB_URL and that the server is "
-        "running."
+        "running." + (f" Workers: {workers}" if workers else "")
     )
 
 
-def _exit_with(error: PipelineError) -> click.ClickException:
-    """The one line of a PipelineError, with the exit status its kind says."""
-    exception = click.ClickException(str(error).rstrip("."))
-    exception.exit_code = error.exit_code
-    return exception
+class _OneLine(Exception):
+    """A PipelineError on its way to the terminal: its message and the exit status its kind says."""
+
+    def __init__(self, error: PipelineError) -> None:
+        super().__init__(str(error).rstrip("."))
+        self.exit_code = error.exit_code
 
 
 def _cause(error: OperationalError) -> object:
@@ -103,20 +112,28 @@ class PipelineGroup(click.Group):
             return super().invoke(ctx)
         except WorkerFailed as error:
             if error.database_error is None:
-                raise _exit_with(error) from None
-            unusable = database_unusable(settings, error.database_error)
-            unusable.message += f" Workers: {error}"
-            raise unusable from None
+                raise _OneLine(error) from None
+            raise database_unusable(settings, error.database_error, workers=str(error)) from None
         except PipelineError as error:
-            raise _exit_with(error) from None
+            raise _OneLine(error) from None
         except OperationalError as error:
             raise database_unusable(settings, _cause(error)) from None
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            super().main(*args, standalone_mode=False, **kwargs)
+            super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _OneLine as error:
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(error.exit_code)
         except click.exceptions.Exit as done:
             sys.exit(done.exit_code)
         except click.UsageError as error:

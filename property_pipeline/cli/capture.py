@@ -35,6 +35,7 @@ from property_pipeline.cli.core import print_status
 from property_pipeline.db.schema import batch_file_status
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.runtime import Pipeline
+from property_pipeline.settings import Settings
 from property_pipeline.states import FileStatus
 from property_pipeline.store.layout import PayloadPathError, validate_campaign_id
 
@@ -173,8 +174,18 @@ def capture(
 @click.option("--fail-first", default=0, type=click.IntRange(min=0), help="Fail the first N requests of every page.")
 @click.pass_obj
 def sandbox_api(
-    settings, host, port, records, seed, rate_limit, server_errors, slow, slow_seconds, truncate, fail_first
-):  # type: ignore[no-untyped-def]
+    settings: Settings,
+    host: str,
+    port: int,
+    records: int,
+    seed: int,
+    rate_limit: float,
+    server_errors: float,
+    slow: float,
+    slow_seconds: float,
+    truncate: float,
+    fail_first: int,
+) -> None:
     """Serve the bundled property-search sandbox API (deterministic data, optional faults).
 
     It requires the key in PROPERTY_API_KEY when that is set.

@@ -7,12 +7,13 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
 
 from property_pipeline.errors import ConfigurationError, NothingThere
 
@@ -53,7 +54,7 @@ def create_db_engine(url: str, *, create_folder: bool = True) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
@@ -67,7 +68,7 @@ def create_db_engine(url: str, *, create_folder: bool = True) -> Engine:
         # Take the write lock when the transaction starts, so two processors never both read
         # a PENDING row and then race to upgrade their read lock. Long reads that ask for it do not.
         @event.listens_for(engine, "begin")
-        def _sqlite_begin_immediate(connection):  # type: ignore[no-untyped-def]
+        def _sqlite_begin_immediate(connection: Connection) -> None:
             deferred = connection.get_execution_options().get(SQLITE_DEFERRED)
             connection.exec_driver_sql("BEGIN DEFERRED" if deferred else "BEGIN IMMEDIATE")
 
@@ -75,7 +76,7 @@ def create_db_engine(url: str, *, create_folder: bool = True) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
 
 
-def _alembic_config(connection) -> Config:  # type: ignore[no-untyped-def]
+def _alembic_config(connection: Connection) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection

@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy import Engine, case, func, select
 
+from property_pipeline.db.schema import as_utc, file_properties, quarantined_records, utcnow
 from property_pipeline.db.schema import batch_file_status as files
-from property_pipeline.db.schema import file_properties, quarantined_records, utcnow
 from property_pipeline.states import FileStatus
 
 
@@ -107,21 +107,23 @@ def file_totals(engine: Engine, month: str | None = None) -> list[FileTotals]:
         rows = conn.execute(query).all()
     return [
         FileTotals(
-            row.month,
-            row.campaign_id,
-            *(int(value or 0) for value in row[2:9]),
-            _utc(engine, row.oldest_pending),
-            *(int(value or 0) for value in row[10:]),
+            month=row.month,
+            campaign_id=row.campaign_id,
+            pending=int(row.pending or 0),
+            processing=int(row.processing or 0),
+            completed=int(row.completed or 0),
+            failed=int(row.failed or 0),
+            duplicates=int(row.duplicates or 0),
+            records_loaded=int(row.loaded or 0),
+            records_quarantined=int(row.quarantined or 0),
+            oldest_pending_at=as_utc(row.oldest_pending),  # MIN() of a time: SQLite returns it as untyped text
+            archived=int(row.archived or 0),
+            deleted=int(row.deleted or 0),
+            records_on_disk=int(row.records_on_disk or 0),
+            bytes_on_disk=int(row.bytes_on_disk or 0),
         )
         for row in rows
     ]
-
-
-def _utc(engine: Engine, value: object) -> datetime | None:
-    """MIN() of a time column, which SQLite returns untyped (text) and PostgreSQL as a timestamptz."""
-    if value is None:
-        return None
-    return files.c.created_at.type.process_result_value(value, engine.dialect)  # type: ignore[no-any-return]
 
 
 def month_statuses(engine: Engine, month: str | None = None) -> list[MonthStatus]:
@@ -220,7 +222,10 @@ def registered_files_for_verification(engine: Engine, month: str | None = None) 
     if month is not None:
         query = query.where(files.c.month == month)
     with engine.connect() as conn:
-        return [tuple(row) for row in conn.execute(query.order_by(files.c.file_id))]  # type: ignore[misc]
+        return [
+            (row.file_id, row.file_path, row.checksum_sha256, row.file_size_bytes)
+            for row in conn.execute(query.order_by(files.c.file_id))
+        ]
 
 
 def file_states(engine: Engine) -> dict[str, str]:

@@ -14,10 +14,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import file_status_events as events
@@ -88,8 +89,8 @@ _FILE_COLUMNS = (
 )
 
 
-def _payload_file(row: object) -> PayloadFile:
-    return PayloadFile(**row._mapping)  # type: ignore[attr-defined]
+def _payload_file(row: Row[*tuple[Any, ...]]) -> PayloadFile:
+    return PayloadFile(**row._mapping)
 
 
 _INSERT_EVENT = insert(events)
@@ -210,7 +211,7 @@ def _insert(conn: Connection, statement: Any, rows: Sequence[dict[str, object]])
             inserted.file_path,
             str(by_path[inserted.file_path]["status"]),
             True,
-            by_path[inserted.file_path].get("duplicate_of_file_id"),  # type: ignore[arg-type]
+            cast(int | None, by_path[inserted.file_path].get("duplicate_of_file_id")),
         )
         for inserted in conn.execute(statement, list(rows))
     }
@@ -263,7 +264,7 @@ def _record_registrations(conn: Connection, created: Sequence[Registration], act
 
 
 @cache
-def _claim_statement(by_month: bool, by_file_ids: bool, excluding: bool):  # type: ignore[no-untyped-def]
+def _claim_statement(by_month: bool, by_file_ids: bool, excluding: bool) -> ReturningUpdate[Any]:
     conditions = [files.c.status == FileStatus.PENDING]
     if by_month:
         conditions.append(files.c.month == bindparam("scope_month"))

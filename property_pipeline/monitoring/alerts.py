@@ -57,15 +57,17 @@ def current_alerts(engine: Engine, *, pending_max_age_seconds: int, now: datetim
                     "requeues it.",
                 )
             )
-        for row in conn.execute(select(*columns).where(files.c.status == FileStatus.FAILED).order_by(files.c.file_id)):
+        failed = select(*columns).where(files.c.status == FileStatus.FAILED).order_by(files.c.file_id)
+        for failed_row in conn.execute(failed):
             found.append(
                 Alert(
-                    f"failed:{row.file_id}:{row.attempts}",
+                    f"failed:{failed_row.file_id}:{failed_row.attempts}",
                     "failed",
-                    row.file_id,
-                    row.month,
-                    f"file {row.file_id} {row.file_path} FAILED: {(row.error_details or '')[:300]} "
-                    f"Fix the cause, then `property-pipeline retry --file-id {row.file_id}`.",
+                    failed_row.file_id,
+                    failed_row.month,
+                    f"file {failed_row.file_id} {failed_row.file_path} FAILED: "
+                    f"{(failed_row.error_details or '')[:300]} "
+                    f"Fix the cause, then `property-pipeline retry --file-id {failed_row.file_id}`.",
                 )
             )
         oldest = conn.execute(
@@ -134,8 +136,10 @@ class AlertRound:
     undelivered: int
 
 
-def _insert_if_new(engine: Engine):  # type: ignore[no-untyped-def]
-    return (postgresql if engine.dialect.name == "postgresql" else sqlite).insert(alerts_table)
+def _insert_if_new(engine: Engine) -> postgresql.Insert | sqlite.Insert:
+    if engine.dialect.name == "postgresql":
+        return postgresql.insert(alerts_table)
+    return sqlite.insert(alerts_table)
 
 
 def raise_alerts(

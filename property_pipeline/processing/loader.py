@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 from sqlalchemy import Connection, insert
@@ -90,7 +91,7 @@ def _sqlite_time(moment: datetime) -> str:
 _DATE_POSITIONS = tuple(position for position, (_column, _path, kind) in enumerate(FIELDS) if kind == "date")
 
 
-def _sqlite_row(record: PropertyRecord, lineage: tuple) -> tuple:  # type: ignore[type-arg]
+def _sqlite_row(record: PropertyRecord, lineage: tuple[Any, ...]) -> tuple[Any, ...]:
     values = list(record.values)
     for position in _DATE_POSITIONS:
         if values[position] is not None:
@@ -154,7 +155,7 @@ def _load_sqlite(conn: Connection, payload: PayloadFile, records: Sequence[Prope
     captured = _sqlite_time(payload.captured_at)
     lineage = (payload.file_id, payload.campaign_id, captured, captured, captured)
     rows = [_sqlite_row(record, lineage) for record in records]
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cursor = _driver(conn).cursor()
     try:
         cursor.executemany(SQLITE_UPSERT, rows)
         cursor.executemany(
@@ -179,10 +180,10 @@ def _load_postgresql(conn: Connection, payload: PayloadFile, page: PayloadPage) 
     lineage = (payload.file_id, payload.campaign_id, captured, captured, captured)
     ids_list = [i for i in page.ids() if i is not None]
     ids = _text_array(ids_list)
-    driver = conn.connection.driver_connection  # psycopg 3
+    driver = _driver(conn)  # psycopg 3
     first_pass: Iterator[PropertyRecord] | None = page.records(by_id=True)  # validated as the first COPY takes them
     every_record: list[PropertyRecord] = []  # all of them, once the first pass was cut short
-    with driver.cursor() as cursor:  # type: ignore[union-attr]
+    with driver.cursor() as cursor:
         # Each lost race means another processor committed one of this file's "new" ids, so the known ids
         # grow with every attempt: at most one attempt per id, and in practice a few.
         for _attempt in range(len(ids_list) + 1):
@@ -219,6 +220,14 @@ def _load_postgresql(conn: Connection, payload: PayloadFile, page: PayloadPage) 
             cursor.execute(PG_MERGE)
         if accepted:
             cursor.execute(PG_LINKS, (payload.file_id, _text_array([record.property_id for record in accepted])))
+
+
+def _driver(conn: Connection) -> Any:
+    """The DBAPI connection under a Connection (sqlite3's or psycopg's), for the bulk paths."""
+    driver = conn.connection.driver_connection
+    if driver is None:
+        raise RuntimeError("the connection was invalidated before the load")
+    return driver
 
 
 def _text_array(values: Sequence[str]) -> str:

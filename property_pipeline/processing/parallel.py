@@ -214,8 +214,8 @@ def _with_workers(
         problems, database_error = _collect(running, report, on_file, stop, stop_request)
     finally:
         stop.set()
-        for reader, worker in running.items():
-            worker.join()
+        for reader, process in running.items():
+            process.join()
             reader.close()
     report.seconds = time.perf_counter() - started
     if problems and not stop_request.requested():

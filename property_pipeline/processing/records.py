@@ -72,13 +72,14 @@ def _integer(value: Any, bounds: tuple[int, int], label: str) -> int:
         raise RecordRejected(f"{label} {value.text} is outside the range of a double")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RecordRejected(f"{label} must be an integer, got {type(value).__name__} {value!r:.40}")
+    whole = value
     if isinstance(value, float):
         if not value.is_integer():
             raise RecordRejected(f"{label} must be an integer, got {value!r}")
-        value = int(value)
-    if not bounds[0] <= value <= bounds[1]:
-        raise RecordRejected(f"{label} {value} is out of range")
-    return value
+        whole = int(value)
+    if not bounds[0] <= whole <= bounds[1]:
+        raise RecordRejected(f"{label} {whole} is out of range")
+    return int(whole)
 
 
 def _number(value: Any, label: str, low: float = -1e15, high: float = 1e15) -> float:

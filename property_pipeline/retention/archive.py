@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from property_pipeline.db.schema import utcnow
 from property_pipeline.errors import PipelineError
@@ -105,7 +105,7 @@ def _add_payload(tar: tarfile.TarFile, root: PayloadRoot, payload: RetentionFile
         info = tarfile.TarInfo(payload.file_path)
         info.size, info.mode, info.mtime = facts.st_size, 0o444, int(facts.st_mtime)
         reader = _HashingReader(source)
-        tar.addfile(info, reader)  # type: ignore[arg-type]
+        tar.addfile(info, reader)
     entry = ManifestEntry.registered(payload.file_id, payload.file_path, info.size, reader.digest.hexdigest())
     if (entry.sha256, entry.size) != (payload.checksum_sha256, payload.size_bytes):
         raise ArchiveError(
@@ -150,7 +150,7 @@ def _read_archive(path: Path) -> tuple[dict[str, tuple[str, int]], list[Manifest
     return members, [ManifestEntry(**item) for item in document["files"]]
 
 
-def _hash_stream(stream: BinaryIO) -> tuple[str, int]:
+def _hash_stream(stream: IO[bytes]) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
     while chunk := stream.read(HASH_CHUNK):
         digest.update(chunk)

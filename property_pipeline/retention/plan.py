@@ -85,6 +85,8 @@ class RetentionPlan:
         return {**asdict(self), "months": months, "files": self.files, "bytes": self.bytes, "skipped": self.skipped}
 
 
+# A row of `batch_file_status` with the ROW_COLUMNS below.
+StatusRow = Row[*tuple[Any, ...]]
 ROW_COLUMNS = (
     files.c.file_id,
     files.c.file_path,
@@ -128,8 +130,8 @@ def plan_months(engine: Engine, root: PayloadRoot, oldest_kept: str, only: str |
     for folder in month_folders(root):
         if folder.name >= oldest_kept or (only is not None and folder.name != only):
             continue
-        for entry in payload_candidates(folder):
-            path = f"{folder.name}/{entry.name}"
+        for candidate in payload_candidates(folder):
+            path = f"{folder.name}/{candidate.name}"
             if path not in known:
                 months.setdefault(folder.name, MonthPlan(folder.name)).skipped.append(
                     SkippedFile(path, UNREGISTERED_REASON)
@@ -137,7 +139,7 @@ def plan_months(engine: Engine, root: PayloadRoot, oldest_kept: str, only: str |
     return [months[month] for month in sorted(months)]
 
 
-def _classify(root: PayloadRoot, row: Row[Any]) -> RetentionFile | SkippedFile | None:
+def _classify(root: PayloadRoot, row: StatusRow) -> RetentionFile | SkippedFile | None:
     """A file to remove, a file to skip (with the reason), or None when retention is done with it."""
     if row.status != FileStatus.COMPLETED:
         return SkippedFile(row.file_path, NOT_COMPLETED_REASONS.get(row.status, row.status), row.file_id)

@@ -11,15 +11,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Engine, select
 
 from property_pipeline.db import status
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.retention.archive import ArchiveError, ManifestEntry, archive_path, verify_archive
 from property_pipeline.retention.months import month_lock, remove_leftovers
-from property_pipeline.retention.plan import ROW_COLUMNS, Failure
+from property_pipeline.retention.plan import ROW_COLUMNS, Failure, StatusRow
 from property_pipeline.store import markers
 from property_pipeline.store.layout import PayloadPathError, PayloadRoot, validate_month
 from property_pipeline.store.publish import (
@@ -70,7 +70,7 @@ def _restore_month(engine: Engine, root: PayloadRoot, month: str) -> RestoreRepo
         ).all()
     if not rows:
         report.failures.append(Failure(None, f"no file of {month} was archived or deleted: nothing to restore"))
-    by_archive: dict[str, list[Row[Any]]] = defaultdict(list)
+    by_archive: dict[str, list[StatusRow]] = defaultdict(list)
     for row in rows:
         if row.archive_name is None:
             reason = "deleted without an archive (cleanup --no-archive): restore it from a backup"
@@ -90,8 +90,8 @@ def _restore_month(engine: Engine, root: PayloadRoot, month: str) -> RestoreRepo
     return report
 
 
-def _restore_from_archive(root: PayloadRoot, name: str, rows: list[Row[Any]], report: RestoreReport) -> None:
-    needed: dict[str, Row[Any]] = {}
+def _restore_from_archive(root: PayloadRoot, name: str, rows: list[StatusRow], report: RestoreReport) -> None:
+    needed: dict[str, StatusRow] = {}
     for row in rows:
         try:
             target = root.resolve(row.file_path)
@@ -119,7 +119,7 @@ def _restore_from_archive(root: PayloadRoot, name: str, rows: list[Row[Any]], re
         report.failures += [Failure(p, f"not restored: {error}") for p in needed if p not in report.restored]
 
 
-def _extract(root: PayloadRoot, path: Path, needed: dict[str, Row[Any]], report: RestoreReport) -> None:
+def _extract(root: PayloadRoot, path: Path, needed: dict[str, StatusRow], report: RestoreReport) -> None:
     try:
         with tarfile.open(path, "r:gz") as tar:
             for member in tar:
@@ -136,7 +136,7 @@ def _extract(root: PayloadRoot, path: Path, needed: dict[str, Row[Any]], report:
         raise ArchiveError(f"archive {path.name} cannot be read ({type(error).__name__}: {error})") from error
 
 
-def _publish(stream: BinaryIO, target: Path, checksum: str) -> None:
+def _publish(stream: IO[bytes], target: Path, checksum: str) -> None:
     """Write a restored file crash-safely, read back and checked against its SHA-256 first; never overwrite."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -148,5 +148,5 @@ def _publish(stream: BinaryIO, target: Path, checksum: str) -> None:
         raise FileExistsError(f"{target} appeared while restoring; left as it is") from None
 
 
-def _registered_row(row: Row[Any]) -> ManifestEntry:
+def _registered_row(row: StatusRow) -> ManifestEntry:
     return ManifestEntry.registered(row.file_id, row.file_path, row.file_size_bytes, row.checksum_sha256)

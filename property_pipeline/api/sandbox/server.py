@@ -62,7 +62,8 @@ class _SandboxHTTPServer(ThreadingHTTPServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, which can stall for seconds on a machine without DNS.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.debug("sandbox connection from %s failed", client_address, exc_info=True)
@@ -210,7 +211,7 @@ class SandboxServer:
         self._stopping.clear()
         httpd = _SandboxHTTPServer(self._address, self)
         host, port = httpd.server_address[:2]
-        self._base_url = f"http://{host}:{port}"
+        self._base_url = f"http://{host!s}:{port}"
         self._httpd = httpd
         # A short poll interval keeps stop() quick; tests start and stop many servers.
         self._thread = threading.Thread(
