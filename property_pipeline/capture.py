@@ -7,7 +7,6 @@ registration, so an interrupted capture can resume from the next page.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +21,7 @@ import yaml
 from sqlalchemy import Engine, func, insert, select, update
 
 from property_pipeline.api.client import PropertyApiError, PropertySearchClient
+from property_pipeline.db import locks
 from property_pipeline.db.schema import batch_file_status, capture_runs, utcnow
 from property_pipeline.db.status import NewPayloadFile, Registration, register_files
 from property_pipeline.errors import ConfigurationError, PipelineError
@@ -178,22 +178,17 @@ def canonical_criteria(criteria: Mapping[str, Any]) -> str:
 
 
 @contextmanager
-def campaign_lock(root: PayloadRoot, campaign_id: str) -> Iterator[None]:
-    """One capture per campaign at a time on this data root, so batch numbers never collide."""
-    folder = root.logs_dir / ".locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"capture-{validate_campaign_id(campaign_id)}.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CaptureError(
-                f"another capture of campaign {campaign_id} is running on {root.logs_dir}; wait for it to finish",
-                CaptureReport(campaign_id, run_id=0),
-            ) from None
-        try:
+def campaign_lock(engine: Engine, campaign_id: str) -> Iterator[None]:
+    """One capture per campaign at a time, on every node that shares the database, so batch numbers never
+    collide (a lock in the database: see db/locks.py)."""
+    try:
+        with locks.exclusive(engine, f"capture:{validate_campaign_id(campaign_id)}", wait=False):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except locks.LockHeld:
+        raise CaptureError(
+            f"another capture of campaign {campaign_id} is running against this database; wait for it to finish",
+            CaptureReport(campaign_id, run_id=0),
+        ) from None
 
 
 def next_batch_number(engine: Engine, campaign_id: str) -> int:
@@ -277,7 +272,7 @@ def capture_campaign(
     """
     validate_campaign_id(campaign.campaign_id)
     # Each page is parsed whole (the client checks its shape): collect garbage less often meanwhile.
-    with campaign_lock(root, campaign.campaign_id), fewer_garbage_collections():
+    with campaign_lock(engine, campaign.campaign_id), fewer_garbage_collections():
         # A crash between a page's rename and its registration leaves a complete, unregistered
         # file: register it first so batch numbers continue after it.
         month = month_of(clock())

@@ -27,6 +27,16 @@ TABLES = (
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need the PostgreSQL server are marked `postgres`, so the fast loop (`make check`) can leave them
+    to `make test`: the PostgreSQL variant of a `db_url` test, and every test using `postgres_url`."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        variant = getattr(getattr(item, "callspec", None), "params", {}).get("db_url")
+        if variant == "postgresql" or (variant is None and "postgres_url" in fixtures):
+            item.add_marker(pytest.mark.postgres)
+
+
 def _postgres_unreachable_reason() -> str | None:
     try:
         engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})

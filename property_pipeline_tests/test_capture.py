@@ -161,6 +161,7 @@ def test_stale_partial_page_of_a_crashed_capture_is_removed(
     assert [p.name.startswith(".") for p in folder.iterdir()] == [False, False]
 
 
+@pytest.mark.slow
 def test_capture_killed_mid_run_leaves_only_complete_registered_files_and_resumes(
     engine: Engine, db_url: str, root: PayloadRoot
 ) -> None:
@@ -248,6 +249,7 @@ def test_cli_capture_all_takes_the_enabled_campaigns(tmp_path: Path) -> None:
     assert captures["tx"]["records"] > 0 and captures["tx"]["complete"] is True
 
 
+@pytest.mark.slow
 def test_demo_twice_in_the_same_folder_adds_files_but_no_duplicate_properties(tmp_path: Path) -> None:
     env = {
         **os.environ,

@@ -1,4 +1,4 @@
-"""Retention (issue 8, DESIGN.md invariant 1): archive, verify, then delete; restore; crash at any point.
+"""Retention (docs/design.md, rule 1): archive, verify, then delete; restore; crash at any point.
 
 Old data spans 2026-07..2026-11 with `today` = 2026-12-15 and two months kept (2026-11 and 2026-12),
 so 2026-07..2026-10 are eligible; every status and an unregistered file are in the eligible months.

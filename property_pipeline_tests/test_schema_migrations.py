@@ -186,7 +186,7 @@ def test_migrations_keep_properties_and_links_on_sqlite(tmp_path) -> None:  # ty
         engine.dispose()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_migration_0006_records_contents_registered_twice_by_a_race_as_duplicates(
     backend: str, request: pytest.FixtureRequest, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]

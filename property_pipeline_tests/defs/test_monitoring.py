@@ -104,6 +104,7 @@ def test_alert_sensor_raises_one_alert_per_failed_and_stuck_file_across_ticks_an
     assert len(warnings) == 2 and any("ALERT stuck (month 2026-11)" in line for line in warnings)
 
 
+@pytest.mark.slow
 def test_an_unreachable_webhook_never_fails_the_tick_and_the_alert_is_delivered_once_it_answers(
     engine: Engine, root: PayloadRoot, resources: dict[str, Any], instance: dg.DagsterInstance, receiver: Receiver
 ) -> None:

@@ -1,4 +1,4 @@
-"""Crashes and concurrent processors: nothing lost, nothing loaded twice (DESIGN.md invariants 2 and 3)."""
+"""Crashes and concurrent processors: nothing lost, nothing loaded twice (docs/design.md, rules 2 and 3)."""
 
 from __future__ import annotations
 

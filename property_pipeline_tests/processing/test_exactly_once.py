@@ -1,4 +1,4 @@
-"""DESIGN.md section 2, invariants 2 to 6, on a real SQLite file and the real PostgreSQL server."""
+"""The rules 2 to 6 of docs/design.md, on a real SQLite file and the real PostgreSQL server."""
 
 from __future__ import annotations
 

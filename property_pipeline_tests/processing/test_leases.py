@@ -21,6 +21,7 @@ LEASE_SECONDS = 2
 SLOW_SECONDS = 5.0  # the file takes two and a half leases to read
 
 
+@pytest.mark.slow
 def test_a_file_slower_than_its_lease_keeps_its_claim_while_another_processor_keeps_looking(
     engine: Engine, db_url: str, root: PayloadRoot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
