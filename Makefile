@@ -1,4 +1,5 @@
 # Two commands a newcomer needs: `make demo` (the whole pipeline on embedded defaults) and `make test`.
+# For every edit: `make check` (lint, format, types, the fast tests; under a minute).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench bench-quick bench-frames test-faults dagster dagster-postgres clean-data
+.PHONY: demo test check typecheck lint format bench bench-quick bench-frames test-faults dagster dagster-postgres clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,10 +17,23 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/property-pipeline demo
 
+# The fast tests: no slow, fault-injection, browser, Dagster-daemon or PostgreSQL test (make test runs them all).
+FAST_TESTS := not slow and not faults and not browser and not e2e and not postgres
+
 test: $(STAMP)
 	$(BIN)/ruff check property_pipeline property_pipeline_tests
 	$(BIN)/ruff format --check property_pipeline property_pipeline_tests
+	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+check: $(STAMP)
+	$(BIN)/ruff check property_pipeline property_pipeline_tests
+	$(BIN)/ruff format --check property_pipeline property_pipeline_tests
+	$(BIN)/mypy
+	$(BIN)/pytest -q -n 2 -m "$(FAST_TESTS)" $(PYTEST_ARGS)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 test-faults: $(STAMP)
 	$(BIN)/pytest -m faults $(PYTEST_ARGS)
