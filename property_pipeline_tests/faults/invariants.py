@@ -1,4 +1,4 @@
-"""Checks of the rules of docs/design.md (section 2) that read the database and the folders, returning violations as text."""
+"""Checks of the rules of docs/design.md (section 2) that read the database and the folders; violations as text."""
 
 from __future__ import annotations
 
