@@ -65,3 +65,31 @@ def test_register_can_be_limited_to_one_month(engine: Engine, root: PayloadRoot)
     (other / "c_batch1_20261001T000000Z.json").write_bytes(make_page([make_record("o")]))
     report = register_unregistered(engine, root, "test", month="2026-10")
     assert [r.file_path for r in report.registered] == ["2026-10/c_batch1_20261001T000000Z.json"]
+
+
+def test_a_duplicate_leaves_the_same_marker_whether_register_or_capture_found_it(
+    engine: Engine, root: PayloadRoot
+) -> None:
+    """One way markers follow a status: a duplicate's `processed/` marker says COMPLETED and what it duplicates."""
+    import json
+
+    from property_pipeline.api.client import PropertySearchClient
+    from property_pipeline.api.sandbox import SandboxConfig, SandboxServer
+    from property_pipeline.capture import Campaign, capture_campaign
+
+    with SandboxServer(SandboxConfig(records=5)) as server, PropertySearchClient(server.base_url) as client:
+        first = capture_campaign(engine, root, client, Campaign("dup", {"records": 5}))
+        second = capture_campaign(engine, root, client, Campaign("dup", {"records": 5}))  # the same bytes again
+    month = first.files[0].month  # the capture's (current) month; a name at its first second lies in the past
+    copy = first.files[0].path.parent / f"dropin_batch1_{month.replace('-', '')}01T000000Z.json"
+    shutil.copyfile(first.files[0].path, copy)
+    register_unregistered(engine, root, "test")
+
+    def marker(relative_path: str) -> dict[str, object]:
+        return json.loads((root.processed / relative_path).read_text())
+
+    by_capture = marker(second.files[0].relative_path)
+    by_register = marker(f"{month}/{copy.name}")
+    assert set(by_capture) == set(by_register) == {"status", "file_id", "duplicate_of"}
+    assert by_capture["status"] == by_register["status"] == "COMPLETED"
+    assert by_capture["duplicate_of"] == by_register["duplicate_of"] == 1
