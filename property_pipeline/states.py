@@ -22,11 +22,16 @@ class FileStatus(_StoredState):
     PROCESSING = "PROCESSING"  # claimed by one processor, under a lease
     COMPLETED = "COMPLETED"  # loaded, in the same transaction as its data (or a duplicate: nothing to load)
     FAILED = "FAILED"  # not loadable as it is; `error_details` says why, `retry` puts it back
+    DISCARDED = (
+        "DISCARDED"  # a FAILED file an operator gave up on, with the reason; never loaded, `retry` takes it back
+    )
 
 
 # Files that may still be loaded (a `pending/` marker), and files a processor is done with (a `processed/` one).
 WAITING = frozenset({FileStatus.PENDING, FileStatus.PROCESSING})
-FINISHED = frozenset({FileStatus.COMPLETED, FileStatus.FAILED})
+FINISHED = frozenset({FileStatus.COMPLETED, FileStatus.FAILED, FileStatus.DISCARDED})
+# Files nothing more is expected of: a month whose files are all settled is done (and retention may clear it).
+SETTLED = frozenset({FileStatus.COMPLETED, FileStatus.DISCARDED})
 
 
 class CaptureRunState(_StoredState):

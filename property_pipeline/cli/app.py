@@ -36,10 +36,10 @@ class PipelineUsageError(click.ClickException):
 
 
 def month_option(function: F) -> F:
-    return click.option("--month", help="Only this month (YYYY-MM).", callback=_check_month)(function)
+    return click.option("--month", help="Only this month (YYYY-MM).", callback=check_month)(function)
 
 
-def _check_month(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+def check_month(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
+from typing import Any
 
 import click
 
@@ -19,11 +20,11 @@ from property_pipeline.cli.app import (
     table,
 )
 from property_pipeline.db.engine import create_db_engine, upgrade
-from property_pipeline.db.queries import file_states, month_statuses, problem_files
+from property_pipeline.db.queries import file_states, file_statuses, month_statuses, problem_files
 from property_pipeline.integrity import verify_files
 from property_pipeline.monitoring.report import build_status_report, format_age_since
 from property_pipeline.processing.parallel import default_workers, process_backlog
-from property_pipeline.processing.processor import FileOutcome
+from property_pipeline.processing.processor import FileOutcome, ProcessingReport
 from property_pipeline.processing.requeue import retry_failed_files
 from property_pipeline.registration import DropInRules, register_unregistered
 from property_pipeline.runtime import Pipeline
@@ -93,7 +94,7 @@ def register(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     sys.exit(EXIT_FAILED if report.skipped else EXIT_OK)
 
 
-class _Progress:
+class Progress:
     """A one-line progress display at a terminal, plain log lines otherwise."""
 
     def __init__(self, total: int) -> None:
@@ -150,7 +151,7 @@ def process(
     """Load PENDING files into the database, each exactly once, each in one transaction."""
     statuses = month_statuses(pipeline.engine, month)
     total = sum(s.pending + (s.failed if include_failed else 0) for s in statuses)
-    progress = _Progress(min(total, limit) if limit else total)
+    progress = Progress(min(total, limit) if limit else total)
     workers = workers or pipeline.settings.process_workers or default_workers(pipeline.engine.dialect.name)
     try:
         report = process_backlog(
@@ -168,9 +169,16 @@ def process(
         )
     finally:
         progress.finish()
+    print_processing_report(report, as_json)
+    sys.exit(EXIT_FAILED if report.failed or report.deferred else EXIT_OK)
+
+
+def print_processing_report(report: ProcessingReport, as_json: bool, **extra: Any) -> None:
+    """What a processing run did (process, reprocess, restore --reprocess): a summary line or JSON."""
     if as_json:
         print_json(
             {
+                **extra,
                 "worker": report.worker,
                 "workers": report.workers,
                 "files_completed": report.completed,
@@ -200,8 +208,11 @@ def process(
         for outcome in report.deferred:
             click.echo(f"DEFERRED file {outcome.file_id} {outcome.file_path}: {outcome.error}", err=True)
         if report.errors:
-            click.echo("Fix the cause, then: property-pipeline retry --file-id N (or --all-failed)", err=True)
-    sys.exit(EXIT_FAILED if report.failed or report.deferred else EXIT_OK)
+            click.echo(
+                "Fix the cause, then: property-pipeline retry --file-id N (or --all-failed); for a file that can "
+                "never load: property-pipeline discard --file-id N --reason TEXT",
+                err=True,
+            )
 
 
 @main.command()
@@ -245,6 +256,7 @@ def print_status(pipeline: Pipeline, month: str | None = None) -> None:
                 "processing",
                 "completed",
                 "failed",
+                "discarded",
                 "duplicates",
                 "loaded",
                 "quarantined",
@@ -259,6 +271,7 @@ def print_status(pipeline: Pipeline, month: str | None = None) -> None:
                     m.processing,
                     m.completed,
                     m.failed,
+                    m.discarded,
                     m.duplicates,
                     m.records_loaded,
                     m.records_quarantined,
@@ -275,7 +288,17 @@ def print_status(pipeline: Pipeline, month: str | None = None) -> None:
         click.echo("\nby campaign")
         click.echo(
             table(
-                ["month", "campaign", "pending", "processing", "completed", "failed", "loaded", "quarantined"],
+                [
+                    "month",
+                    "campaign",
+                    "pending",
+                    "processing",
+                    "completed",
+                    "failed",
+                    "discarded",
+                    "loaded",
+                    "quarantined",
+                ],
                 [
                     [
                         r.month,
@@ -284,6 +307,7 @@ def print_status(pipeline: Pipeline, month: str | None = None) -> None:
                         r.processing,
                         r.completed,
                         r.failed,
+                        r.discarded,
                         r.records_loaded,
                         r.records_quarantined,
                     ]
@@ -347,22 +371,30 @@ def verify(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--file-id", "file_ids", type=int, multiple=True, help="A FAILED file to retry (repeatable).")
+@click.option(
+    "--file-id", "file_ids", type=int, multiple=True, help="A FAILED or DISCARDED file to retry (repeatable)."
+)
 @month_option
 @click.option("--all-failed", is_flag=True, help="Every FAILED file.")
 @pipeline_command
 def retry(pipeline: Pipeline, file_ids: tuple[int, ...], month: str | None, all_failed: bool) -> None:
-    """Put FAILED files back to PENDING (recorded in file_status_events); then run `process`."""
+    """Put FAILED files back to PENDING (recorded in file_status_events); then run `process`.
+
+    A DISCARDED file comes back only when named by --file-id (a month or --all-failed never undoes a discard).
+    """
     if not (file_ids or month or all_failed):
         raise PipelineUsageError("say what to retry: --file-id N, --month YYYY-MM or --all-failed")
+    before = file_statuses(pipeline.engine, list(file_ids)) if file_ids else {}
     retried = retry_failed_files(
         pipeline.engine, pipeline.root, "cli:retry", file_ids=list(file_ids) or None, month=month, all_failed=all_failed
     )
     for file_id in retried:
-        click.echo(f"file {file_id}: FAILED -> PENDING")
+        click.echo(f"file {file_id}: {before.get(file_id, 'FAILED')} -> PENDING")
     missing = sorted(set(file_ids) - set(retried))
     for file_id in missing:
-        click.echo(f"file {file_id}: not FAILED (unknown id, or in another state); left as it is", err=True)
+        click.echo(
+            f"file {file_id}: not FAILED or DISCARDED (unknown id, or in another state); left as it is", err=True
+        )
     click.echo(f"{len(retried)} files back to PENDING; run `property-pipeline process` to load them")
     sys.exit(EXIT_FAILED if missing else EXIT_OK)
 

@@ -17,6 +17,9 @@ from property_pipeline.cli.app import (
     print_json,
     table,
 )
+from property_pipeline.cli.core import print_processing_report
+from property_pipeline.cli.replay import print_plan, reprocess_files
+from property_pipeline.processing import replay
 from property_pipeline.retention import (
     RestoreReport,
     RetentionPlan,
@@ -52,7 +55,8 @@ def human_bytes(size: int) -> str:
 @json_option
 @pipeline_command
 def cleanup(pipeline: Pipeline, dry_run: bool, archive: bool | None, keep_months: int | None, as_json: bool) -> None:
-    """Archive, verify, then delete the COMPLETED payload files of months older than the kept window."""
+    """Archive, verify, then delete the settled (COMPLETED or DISCARDED) payload files of months older than the
+    kept window."""
     pipeline.read_only = dry_run  # a dry run only looks: it creates nothing (set before the database is opened)
     settings = pipeline.settings
     archive = settings.archive_enabled if archive is None else archive
@@ -122,18 +126,37 @@ def _print_report(report: RetentionReport) -> None:
 
 @main.command()
 @month_option
+@click.option("--reprocess", is_flag=True, help="Then load the restored month again (as `reprocess --month`).")
+@click.option(
+    "--reason",
+    default="restored from its archive to be reprocessed",
+    show_default=True,
+    help="With --reprocess: why (recorded with every file).",
+)
 @json_option
 @pipeline_command
-def restore(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
+def restore(pipeline: Pipeline, month: str | None, reprocess: bool, reason: str, as_json: bool) -> None:
     """Put a month's archived payload files back on disk, verified byte for byte, so they can be reprocessed."""
     if month is None:
         raise PipelineUsageError("say which month to restore: --month YYYY-MM")
     report = restore_month(pipeline.engine, pipeline.root, month, on_wait=_say_waiting)
-    if as_json:
-        print_json(report.to_dict())
-    else:
+    if not reprocess or not report.ok:
+        if as_json:
+            print_json(report.to_dict())
+        else:
+            _print_restore(report)
+            if reprocess:
+                click.echo("not reprocessed: the restore did not finish; fix the errors above and run it again")
+        sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+    if not as_json:
         _print_restore(report)
-    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+    plan = replay.plan_reprocess(pipeline.engine, month=month)
+    marked, processing = reprocess_files(pipeline, plan, reason, actor="cli:restore", month=month, workers=None)
+    if not as_json:
+        print_plan(plan)
+        click.echo(f"{len(marked)} files COMPLETED -> PENDING ({reason}), then loaded again:")
+    print_processing_report(processing, as_json, restore=report.to_dict(), reprocessed=marked)
+    sys.exit(EXIT_FAILED if processing.failed or processing.deferred or plan.needs_restore else EXIT_OK)
 
 
 def _print_restore(report: RestoreReport) -> None:

@@ -120,11 +120,37 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _migration_transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction for the whole migration run.
+
+    SQLite rebuilds a table to change a constraint, and a table that other tables' foreign keys point
+    at cannot be dropped and recreated while those keys are enforced: SQLite's own procedure is to
+    switch them off for the transaction and to run `PRAGMA foreign_key_check` before committing.
+    """
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        # On the driver's connection: outside any transaction, where the pragma takes effect.
+        driver = connection.connection.driver_connection if sqlite else None
+        if driver is not None:
+            driver.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                yield connection
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"a migration left rows that break a foreign key: {broken[:5]}")
+        finally:
+            if driver is not None:
+                driver.execute("PRAGMA foreign_keys=ON")
+
+
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Apply migrations up to `revision`; returns (revision before, revision after)."""
     with _migration_lock(engine):
         before = current_revision(engine)
-        with engine.begin() as connection:
+        with _migration_transaction(engine) as connection:
             command.upgrade(_alembic_config(connection), revision)
         after = current_revision(engine)
     if before != after:
@@ -136,7 +162,7 @@ def downgrade(engine: Engine, revision: str) -> tuple[str | None, str | None]:
     """Undo migrations down to `revision` (rolling back a release); returns (revision before, revision after)."""
     with _migration_lock(engine):
         before = current_revision(engine)
-        with engine.begin() as connection:
+        with _migration_transaction(engine) as connection:
             command.downgrade(_alembic_config(connection), revision)
         after = current_revision(engine)
     log.info("database schema downgraded from %s to %s", before, after or "empty")

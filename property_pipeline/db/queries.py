@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, and_, case, func, select
 
 from property_pipeline.db.schema import as_utc, file_properties, quarantined_records, utcnow
 from property_pipeline.db.schema import batch_file_status as files
@@ -28,10 +28,11 @@ class MonthStatus:
     oldest_pending_at: datetime | None
     archived: int = 0  # in a retention archive (`archived_at` set)
     deleted: int = 0  # removed from disk by retention on purpose (`deleted_at` set)
+    discarded: int = 0  # FAILED files an operator gave up on (`discard`): settled, never loaded
 
     @property
     def total(self) -> int:
-        return self.pending + self.processing + self.completed + self.failed
+        return self.pending + self.processing + self.completed + self.failed + self.discarded
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,11 @@ class FileTotals:
     records_quarantined: int  # error_count of the COMPLETED files
     oldest_pending_at: datetime | None
     archived: int  # in a retention archive (`archived_at` set)
-    deleted: int  # removed from disk by retention on purpose (`deleted_at` set); always COMPLETED
+    deleted: int  # removed from disk by retention on purpose (`deleted_at` set); always settled
     records_on_disk: int  # records of the files not deleted by retention
     bytes_on_disk: int
+    discarded: int = 0  # FAILED files an operator gave up on (`discard`): settled, never loaded
+    discarded_deleted: int = 0  # of which retention removed from disk (the rest of `deleted` were COMPLETED)
 
 
 def _count(condition: Any) -> Any:
@@ -81,6 +84,7 @@ def file_totals(engine: Engine, month: str | None = None) -> list[FileTotals]:
     """FileTotals per month and campaign (one month when given), in month and campaign order."""
     on_disk = files.c.deleted_at.is_(None)
     completed = files.c.status == FileStatus.COMPLETED
+    waiting_since = func.coalesce(files.c.pending_since, files.c.created_at)
     query = (
         select(
             files.c.month,
@@ -89,10 +93,14 @@ def file_totals(engine: Engine, month: str | None = None) -> list[FileTotals]:
             _count(files.c.status == FileStatus.PROCESSING).label("processing"),
             _count(completed).label("completed"),
             _count(files.c.status == FileStatus.FAILED).label("failed"),
+            _count(files.c.status == FileStatus.DISCARDED).label("discarded"),
+            _count(and_(files.c.status == FileStatus.DISCARDED, files.c.deleted_at.is_not(None))).label(
+                "discarded_deleted"
+            ),
             _count(files.c.duplicate_of_file_id.is_not(None)).label("duplicates"),
             _sum_where(completed, files.c.success_count).label("loaded"),
             _sum_where(completed, files.c.error_count).label("quarantined"),
-            func.min(case((files.c.status == FileStatus.PENDING, files.c.created_at))).label("oldest_pending"),
+            func.min(case((files.c.status == FileStatus.PENDING, waiting_since))).label("oldest_pending"),
             func.count(files.c.archived_at).label("archived"),
             func.count(files.c.deleted_at).label("deleted"),
             _sum_where(on_disk, func.coalesce(files.c.properties_count, 0)).label("records_on_disk"),
@@ -121,6 +129,8 @@ def file_totals(engine: Engine, month: str | None = None) -> list[FileTotals]:
             deleted=int(row.deleted or 0),
             records_on_disk=int(row.records_on_disk or 0),
             bytes_on_disk=int(row.bytes_on_disk or 0),
+            discarded=int(row.discarded or 0),
+            discarded_deleted=int(row.discarded_deleted or 0),
         )
         for row in rows
     ]
@@ -144,6 +154,7 @@ def month_statuses(engine: Engine, month: str | None = None) -> list[MonthStatus
             min((t.oldest_pending_at for t in group if t.oldest_pending_at is not None), default=None),
             archived=sum(t.archived for t in group),
             deleted=sum(t.deleted for t in group),
+            discarded=sum(t.discarded for t in group),
         )
         for name, group in by_month.items()
     ]
@@ -249,6 +260,7 @@ class CampaignTotals:
     processing: int
     completed: int
     failed: int
+    discarded: int = 0
 
 
 def campaign_totals(engine: Engine, month: str) -> list[CampaignTotals]:
@@ -256,17 +268,27 @@ def campaign_totals(engine: Engine, month: str) -> list[CampaignTotals]:
     return [
         CampaignTotals(
             t.campaign_id,
-            t.pending + t.processing + t.completed + t.failed - t.deleted,
+            t.pending + t.processing + t.completed + t.failed + t.discarded - t.deleted,
             t.records_on_disk,
             t.bytes_on_disk,
             t.pending,
             t.processing,
-            t.completed - t.deleted,  # retention deletes COMPLETED files only
+            t.completed - (t.deleted - t.discarded_deleted),  # retention deletes settled files only
             t.failed,
+            t.discarded - t.discarded_deleted,
         )
         for t in file_totals(engine, month)
-        if t.pending + t.processing + t.completed + t.failed > t.deleted
+        if t.pending + t.processing + t.completed + t.failed + t.discarded > t.deleted
     ]
+
+
+def file_statuses(engine: Engine, file_ids: Sequence[int]) -> dict[int, str]:
+    """{file_id: status} of the given files (unknown ids left out)."""
+    if not file_ids:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(select(files.c.file_id, files.c.status).where(files.c.file_id.in_(list(file_ids)))).all()
+    return {row.file_id: row.status for row in rows}
 
 
 def file_paths(engine: Engine, file_ids: Sequence[int]) -> dict[int, str]:

@@ -90,6 +90,7 @@ batch_file_status = Table(
     Column("file_size_bytes", BigInteger, nullable=False),
     Column("captured_at", UTCDateTime, nullable=False, comment="capture time, from the file name"),
     Column("created_at", UTCDateTime, nullable=False, comment="registration time"),
+    Column("pending_since", UTCDateTime, comment="last back to PENDING (retry, reprocess); empty: since registration"),
     Column("processed_at", UTCDateTime),
     Column("error_details", Text),
     Column("properties_count", Integer, comment="records in the file"),

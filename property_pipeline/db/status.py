@@ -1,8 +1,11 @@
 """The status-table transitions. The only module that writes `batch_file_status.status`.
 
     register ──▶ PENDING ──claim──▶ PROCESSING ──▶ COMPLETED (same transaction as the data)
-                    ▲                    │     └──▶ FAILED ──retry──▶ PENDING
-                    └── lease expired ───┘
+                  ▲ ▲ ▲                  │  │    └─────────────reprocess──────────────┐
+                  │ │ └── lease expired ─┘  └──▶ FAILED ──discard──▶ DISCARDED        │
+                  │ └──────────── retry ───────────┘                      │           │
+                  ├──────────────────────── retry --file-id ──────────────┘           │
+                  └───────────────────────────────────────────────────────────────────┘
 
 Every transition is guarded by the state it leaves (compare-and-set) and leaves a row in
 `file_status_events`, so concurrent processors can never both own a file.
@@ -24,7 +27,7 @@ from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import file_status_events as events
 from property_pipeline.db.schema import utcnow
 from property_pipeline.errors import ProcessingError
-from property_pipeline.states import FileStatus
+from property_pipeline.states import SETTLED, FileStatus
 
 MAX_ERROR_CHARS = 4000
 
@@ -424,27 +427,43 @@ def mark_failed(
 
     Returns False when the claim was lost (another worker owns the file now).
     """
-    error = error[:MAX_ERROR_CHARS]
     with engine.begin() as conn:
-        result = conn.execute(
-            update(files)
-            .where(files.c.file_id == file_id, files.c.status == FileStatus.PROCESSING, files.c.locked_by == worker)
-            .values(
-                status=FileStatus.FAILED,
-                processed_at=utcnow(),
-                error_details=error,
-                success_count=0,
-                error_count=0,
-                processing_time_ms=processing_time_ms,
-                properties_count=func.coalesce(properties_count, files.c.properties_count),
-                locked_by=None,
-                locked_until=None,
-            )
+        return mark_failed_in(
+            conn, file_id, worker, error, processing_time_ms=processing_time_ms, properties_count=properties_count
         )
-        if result.rowcount != 1:
-            return False
-        _record_events(conn, [file_id], FileStatus.PROCESSING, FileStatus.FAILED, worker, error)
-        return True
+
+
+def mark_failed_in(
+    conn: Connection,
+    file_id: int,
+    worker: str,
+    error: str,
+    *,
+    processing_time_ms: int,
+    properties_count: int | None = None,
+) -> bool:
+    """PROCESSING → FAILED in the caller's transaction (which also removes the data of a file that had been
+    loaded before, see processing/replay.py). False when the claim was lost."""
+    error = error[:MAX_ERROR_CHARS]
+    result = conn.execute(
+        update(files)
+        .where(files.c.file_id == file_id, files.c.status == FileStatus.PROCESSING, files.c.locked_by == worker)
+        .values(
+            status=FileStatus.FAILED,
+            processed_at=utcnow(),
+            error_details=error,
+            success_count=0,
+            error_count=0,
+            processing_time_ms=processing_time_ms,
+            properties_count=func.coalesce(properties_count, files.c.properties_count),
+            locked_by=None,
+            locked_until=None,
+        )
+    )
+    if result.rowcount != 1:
+        return False
+    _record_events(conn, [file_id], FileStatus.PROCESSING, FileStatus.FAILED, worker, error)
+    return True
 
 
 def release_claim(engine: Engine, file_id: int, worker: str, reason: str) -> bool:
@@ -492,6 +511,63 @@ def requeue_expired_claims(engine: Engine, actor: str, now: datetime | None = No
         return requeued
 
 
+def release_every_claim(engine: Engine, actor: str, reason: str) -> list[int]:
+    """Every PROCESSING file back to PENDING at once, whatever its lease: only for a database that one command
+    owns alone (a rebuild's target, under its lock), where a claim left behind is a stopped run's."""
+    with engine.begin() as conn:
+        rows = conn.execute(
+            update(files)
+            .where(files.c.status == FileStatus.PROCESSING)
+            .values(status=FileStatus.PENDING, locked_by=None, locked_until=None)
+            .returning(files.c.file_id)
+        ).all()
+        released = sorted(row.file_id for row in rows)
+        _record_events(conn, released, FileStatus.PROCESSING, FileStatus.PENDING, actor, reason)
+        return released
+
+
+def register_copies(conn: Connection, rows: Sequence[dict[str, Any]], actor: str, detail: str) -> None:
+    """Insert status rows that copy another database's registrations (a rebuild), keeping their file ids; each
+    row's `status` is PENDING, a duplicate's COMPLETED or a discarded file's DISCARDED (its event says why)."""
+    if not rows:
+        return
+    now = utcnow()
+    conn.execute(
+        insert(files),
+        [
+            {
+                **{key: value for key, value in row.items() if key != "event_detail"},
+                "created_at": now,
+                "attempts": 0,
+            }
+            for row in rows
+        ],
+    )
+    conn.execute(
+        _INSERT_EVENT,
+        [
+            {
+                "file_id": row["file_id"],
+                "at": now,
+                "from_status": None,
+                "to_status": row["status"],
+                "actor": actor[:128],
+                "detail": row.get("event_detail") or detail,
+            }
+            for row in rows
+        ],
+    )
+    if conn.dialect.name == "postgresql":  # ids were given: the sequence must not hand them out again
+        conn.execute(
+            select(
+                func.setval(
+                    func.pg_get_serial_sequence(files.name, files.c.file_id.name),
+                    select(func.max(files.c.file_id)).scalar_subquery(),
+                )
+            )
+        )
+
+
 def retry_failed(
     engine: Engine,
     actor: str,
@@ -500,42 +576,92 @@ def retry_failed(
     month: str | None = None,
     all_failed: bool = False,
 ) -> list[int]:
-    """FAILED → PENDING for the chosen files (the last error stays in `error_details` until the next outcome)."""
+    """FAILED → PENDING for the chosen files (the last error stays in `error_details` until the next outcome).
+
+    Files named by id are taken back from DISCARDED too; a month or "all failed" never undoes a discard.
+    """
     if file_ids is None and month is None and not all_failed:
         raise ValueError("say which failed files to retry: file ids, a month, or all")
-    conditions = [files.c.status == FileStatus.FAILED]
-    if file_ids is not None:
-        conditions.append(files.c.file_id.in_(list(file_ids)))
-    if month is not None:
-        conditions.append(files.c.month == month)
+    retried: list[int] = []
+    with engine.begin() as conn:
+        for from_status in (FileStatus.FAILED, FileStatus.DISCARDED):
+            if from_status == FileStatus.DISCARDED and file_ids is None:
+                continue
+            conditions = [files.c.status == from_status]
+            if file_ids is not None:
+                conditions.append(files.c.file_id.in_(list(file_ids)))
+            if month is not None:
+                conditions.append(files.c.month == month)
+            rows = conn.execute(
+                update(files)
+                .where(and_(*conditions))
+                .values(status=FileStatus.PENDING, pending_since=utcnow())
+                .returning(files.c.file_id)
+            ).all()
+            moved = sorted(row.file_id for row in rows)
+            detail = "retry requested" if from_status == FileStatus.FAILED else "discard taken back: retry requested"
+            _record_events(conn, moved, from_status, FileStatus.PENDING, actor, detail)
+            retried += moved
+    return sorted(retried)
+
+
+def discard_failed(engine: Engine, actor: str, file_ids: Sequence[int], reason: str) -> list[int]:
+    """FAILED → DISCARDED for the given files, with the reason: an operator gave up on them. Never loaded;
+    settled for the month's checks and alerts; `retry_failed(file_ids=...)` takes it back."""
     with engine.begin() as conn:
         rows = conn.execute(
-            update(files).where(and_(*conditions)).values(status=FileStatus.PENDING).returning(files.c.file_id)
+            update(files)
+            .where(files.c.file_id.in_(list(file_ids)), files.c.status == FileStatus.FAILED)
+            .values(status=FileStatus.DISCARDED)
+            .returning(files.c.file_id)
         ).all()
-        retried = sorted(row.file_id for row in rows)
-        _record_events(conn, retried, FileStatus.FAILED, FileStatus.PENDING, actor, "retry requested")
-        return retried
+        discarded = sorted(row.file_id for row in rows)
+        _record_events(conn, discarded, FileStatus.FAILED, FileStatus.DISCARDED, actor, f"discarded: {reason}")
+        return discarded
 
 
-# Retention never changes `status`: it only records where a COMPLETED file's bytes are.
+def mark_for_reprocessing(engine: Engine, actor: str, file_ids: Sequence[int], reason: str) -> list[int]:
+    """COMPLETED → PENDING for the given files, with the reason, so that they load again.
+
+    Duplicates (nothing to load) and files retention deleted (restore them first) stay as they are. A
+    file's previous data stays until its reload replaces it, in the reload's own transaction.
+    """
+    with engine.begin() as conn:
+        rows = conn.execute(
+            update(files)
+            .where(
+                files.c.file_id.in_(list(file_ids)),
+                files.c.status == FileStatus.COMPLETED,
+                files.c.duplicate_of_file_id.is_(None),
+                files.c.deleted_at.is_(None),
+            )
+            .values(status=FileStatus.PENDING, pending_since=utcnow())
+            .returning(files.c.file_id)
+        ).all()
+        marked = sorted(row.file_id for row in rows)
+        _record_events(conn, marked, FileStatus.COMPLETED, FileStatus.PENDING, actor, f"reprocess: {reason}")
+        return marked
+
+
+# Retention never changes `status`: it only records where a settled (COMPLETED or DISCARDED) file's bytes are.
 
 
 def record_archived(conn: Connection, file_ids: Sequence[int], archive_name: str) -> int:
-    """In the caller's transaction: these COMPLETED files are inside the verified archive `archive_name`."""
+    """In the caller's transaction: these settled files are inside the verified archive `archive_name`."""
     result = conn.execute(
         update(files)
-        .where(files.c.file_id.in_(list(file_ids)), files.c.status == FileStatus.COMPLETED)
+        .where(files.c.file_id.in_(list(file_ids)), files.c.status.in_(sorted(SETTLED)))
         .values(archived_at=utcnow(), archive_name=archive_name)
     )
     return result.rowcount
 
 
 def record_deleted(engine: Engine, file_id: int) -> bool:
-    """Retention removed a COMPLETED file from disk; the first deletion time is kept (False if already set)."""
+    """Retention removed a settled file from disk; the first deletion time is kept (False if already set)."""
     with engine.begin() as conn:
         result = conn.execute(
             update(files)
-            .where(files.c.file_id == file_id, files.c.status == FileStatus.COMPLETED, files.c.deleted_at.is_(None))
+            .where(files.c.file_id == file_id, files.c.status.in_(sorted(SETTLED)), files.c.deleted_at.is_(None))
             .values(deleted_at=utcnow())
         )
         return result.rowcount == 1

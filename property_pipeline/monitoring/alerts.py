@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import requests
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from property_pipeline.db.schema import alerts as alerts_table
+from property_pipeline.db.schema import as_utc, utcnow
 from property_pipeline.db.schema import batch_file_status as files
-from property_pipeline.db.schema import utcnow
 from property_pipeline.states import FileStatus
 
 log = logging.getLogger(__name__)
@@ -70,17 +70,20 @@ def current_alerts(engine: Engine, *, pending_max_age_seconds: int, now: datetim
                     f"Fix the cause, then `property-pipeline retry --file-id {failed_row.file_id}`.",
                 )
             )
+        waiting_since = func.coalesce(files.c.pending_since, files.c.created_at)
         oldest = conn.execute(
-            select(files.c.file_id, files.c.file_path, files.c.month, files.c.created_at)
+            select(files.c.file_id, files.c.file_path, files.c.month, waiting_since.label("waiting_since"))
             .where(
                 files.c.status == FileStatus.PENDING,
-                files.c.created_at < now - timedelta(seconds=pending_max_age_seconds),
+                waiting_since < now - timedelta(seconds=pending_max_age_seconds),
             )
-            .order_by(files.c.created_at, files.c.file_id)
+            .order_by(waiting_since, files.c.file_id)
             .limit(1)
         ).first()
     if oldest is not None:
-        waiting = now - oldest.created_at
+        started_waiting = as_utc(oldest.waiting_since)  # COALESCE of times: SQLite returns untyped text
+        assert started_waiting is not None
+        waiting = now - started_waiting
         found.append(
             Alert(
                 f"backlog:{oldest.file_id}",

@@ -28,6 +28,7 @@ class CampaignMonth:
     records_loaded: int
     records_quarantined: int
     oldest_pending_at: datetime | None
+    discarded: int = 0  # given up on by an operator (`discard`): settled, not failed
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ class StatusReport:
     @property
     def failed_files(self) -> int:
         return sum(row.failed for row in self.rows)
+
+    @property
+    def discarded_files(self) -> int:
+        return sum(row.discarded for row in self.rows)
 
     @property
     def stuck_candidates(self) -> int:
@@ -117,6 +122,7 @@ def build_status_report(engine: Engine, *, month: str | None = None, now: dateti
             t.records_loaded,
             t.records_quarantined,
             t.oldest_pending_at,
+            t.discarded,
         )
         for t in file_totals(engine, month)
     ]
@@ -155,20 +161,22 @@ def render_markdown(report: StatusReport) -> str:
     """The report as markdown tables, for the Dagster UI."""
     lines = [
         f"**Backlog:** {report.backlog_files} files pending (oldest {format_age(report.oldest_pending_age_seconds)}) · "
-        f"**Failed:** {report.failed_files} · **Loaded:** {report.records_loaded} records · "
+        f"**Failed:** {report.failed_files} · **Discarded:** {report.discarded_files} · "
+        f"**Loaded:** {report.records_loaded} records · "
         f"**Quarantined:** {report.records_quarantined} · **Throughput:** {report.rows_per_second:,.0f} rows/s",
         "",
-        "| month | campaign | pending | processing | completed | failed | loaded | quarantined | oldest pending |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| month | campaign | pending | processing | completed | failed | loaded | quarantined | oldest pending "
+        "| discarded |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for row in report.rows:
         age = None if row.oldest_pending_at is None else (report.generated_at - row.oldest_pending_at).total_seconds()
         lines.append(
             f"| {row.month} | {_cell(row.campaign_id)} | {row.pending} | {row.processing} | {row.completed} | "
-            f"{row.failed} | {row.records_loaded} | {row.records_quarantined} | {format_age(age)} |"
+            f"{row.failed} | {row.records_loaded} | {row.records_quarantined} | {format_age(age)} | {row.discarded} |"
         )
     if not report.rows:
-        lines.append("| - | - | 0 | 0 | 0 | 0 | 0 | 0 | - |")
+        lines.append("| - | - | 0 | 0 | 0 | 0 | 0 | 0 | - | 0 |")
     lines += ["", "**Latest errors**", ""]
     if report.latest_errors:
         lines += ["| file | path | failed at | error |", "| ---: | --- | --- | --- |"]

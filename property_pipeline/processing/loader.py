@@ -1,7 +1,9 @@
 """Bulk upsert of one file's records, its link rows and its quarantine, inside the caller's transaction.
 
-Newest wins: a row is only overwritten by a record captured later (ties broken by file id),
-so reprocessing an older file never replaces newer data.
+Newest wins: a row is only overwritten by a record of the file its values came from or of a file
+captured later (ties broken by file id), so reprocessing an older file never replaces newer data,
+and reprocessing the file a row came from rewrites it with the new parse. A file loaded before
+(a reprocess, or a retry after a failed reload) has its link and quarantine rows replaced.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, insert
+from sqlalchemy import JSON, Connection, Text, cast, delete, insert, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from property_pipeline.db.schema import quarantined_records, utcnow
+from property_pipeline.db.schema import file_properties, properties, quarantined_records, utcnow
 from property_pipeline.db.status import PayloadFile
 from property_pipeline.processing.parse import PayloadPage, RejectedRecord
 from property_pipeline.processing.records import COLUMNS, FIELDS, PropertyRecord
@@ -26,11 +29,16 @@ UPDATED = (*COLUMNS, "raw", "source_file_id", "campaign_id", "captured_at", "las
 
 
 def _upsert_tail(least: str) -> str:
-    assignments = ", ".join(f"{column} = excluded.{column}" for column in UPDATED)
+    """Newest wins for the values; the first-seen time is the earliest of all loads, in whatever order they come
+    (an older file loaded after a newer one keeps the newer values but lowers first_seen_at)."""
+    newer = "(properties.captured_at, properties.source_file_id) <= (excluded.captured_at, excluded.source_file_id)"
+    assignments = ", ".join(
+        f"{column} = CASE WHEN {newer} THEN excluded.{column} ELSE properties.{column} END" for column in UPDATED
+    )
     return (
         f"ON CONFLICT (property_id) DO UPDATE SET {assignments}, "
         f"first_seen_at = {least}(properties.first_seen_at, excluded.first_seen_at) "
-        "WHERE (properties.captured_at, properties.source_file_id) < (excluded.captured_at, excluded.source_file_id)"
+        f"WHERE {newer} OR excluded.first_seen_at < properties.first_seen_at"
     )
 
 
@@ -113,18 +121,23 @@ def _driver_errors_as_sqlalchemy(conn: Connection, what: str) -> Iterator[None]:
         raise DBAPIError.instance(what, None, error, driver_error, dialect=conn.dialect) from error
 
 
-def load_records(conn: Connection, payload: PayloadFile, page: PayloadPage) -> None:
+def load_records(conn: Connection, payload: PayloadFile, page: PayloadPage) -> frozenset[str]:
     """Upsert the page's valid records, link them to the file, quarantine the rest; no commit (the caller's).
 
     The records are validated as they are taken (see PayloadPage): afterwards `page.accepted` and
-    `page.rejected` hold the counts the file's status records.
+    `page.rejected` hold the counts the file's status records. Returns the ids the file delivered in
+    an earlier load and no longer does (always empty on a first load): their rows may need another
+    source (processing/replay.py).
     """
+    previous = forget_previous_load(conn, payload.file_id) if payload.attempts > 1 else frozenset()
     dialect = conn.dialect.name
     with _driver_errors_as_sqlalchemy(conn, f"bulk load of file {payload.file_id}"):
         if dialect == "postgresql":
-            _load_postgresql(conn, payload, page)
+            accepted = _load_postgresql(conn, payload, page)
         elif dialect == "sqlite":
-            _load_sqlite(conn, payload, list(page.records()))
+            records = list(page.records())
+            _load_sqlite(conn, payload, records)
+            accepted = [record.property_id for record in records]
         else:
             raise NotImplementedError(f"database {dialect!r} is not supported (use SQLite or PostgreSQL)")
     if page.rejected:
@@ -143,6 +156,42 @@ def load_records(conn: Connection, payload: PayloadFile, page: PayloadPage) -> N
                 for item in sorted(page.rejected, key=_record_index)
             ],
         )
+    return previous.difference(accepted) if previous else frozenset()
+
+
+def upsert_from_source(
+    conn: Connection, record: PropertyRecord, file_id: int, campaign_id: str, captured_at: datetime
+) -> None:
+    """Give one property the values of `record` from file `file_id`, whatever the row held (the caller knows it
+    is now the newest file that delivers it: see processing/replay.py). first_seen_at is the caller's."""
+    # The record's text goes in as it is (as a bulk load puts it), not re-serialized from a dict.
+    raw_text = literal(record.raw_json, Text)
+    values: dict[str, Any] = dict(zip(COLUMNS, record.values, strict=True))
+    lineage: dict[str, Any] = {
+        "raw": cast(raw_text, JSON) if conn.dialect.name == "postgresql" else raw_text,
+        "source_file_id": file_id,
+        "campaign_id": campaign_id,
+        "captured_at": captured_at,
+        "last_seen_at": captured_at,
+    }
+    inserted = {"property_id": record.property_id, **values, **lineage, "first_seen_at": captured_at}
+    if conn.dialect.name == "postgresql":
+        pg_statement = postgresql.insert(properties).values(**inserted)
+        conn.execute(pg_statement.on_conflict_do_update(index_elements=["property_id"], set_={**values, **lineage}))
+    else:
+        lite_statement = sqlite.insert(properties).values(**inserted)
+        conn.execute(lite_statement.on_conflict_do_update(index_elements=["property_id"], set_={**values, **lineage}))
+
+
+def forget_previous_load(conn: Connection, file_id: int) -> frozenset[str]:
+    """Delete the link and quarantine rows an earlier load of the file left; the ids it had delivered."""
+    delivered = frozenset(
+        conn.execute(select(file_properties.c.property_id).where(file_properties.c.file_id == file_id)).scalars()
+    )
+    if delivered:
+        conn.execute(delete(file_properties).where(file_properties.c.file_id == file_id))
+    conn.execute(delete(quarantined_records).where(quarantined_records.c.file_id == file_id))
+    return delivered
 
 
 def _record_index(item: RejectedRecord) -> int:
@@ -166,7 +215,7 @@ def _load_sqlite(conn: Connection, payload: PayloadFile, records: Sequence[Prope
         cursor.close()
 
 
-def _load_postgresql(conn: Connection, payload: PayloadFile, page: PayloadPage) -> None:
+def _load_postgresql(conn: Connection, payload: PayloadFile, page: PayloadPage) -> list[str]:
     """Stream the records into a COPY as they are validated, so the server works while Python validates.
 
     Properties the table does not hold yet go straight into `properties` (the cost of a plain COPY);
@@ -218,8 +267,10 @@ def _load_postgresql(conn: Connection, payload: PayloadFile, page: PayloadPage) 
                 for record in to_upsert:
                     copy.write_row((record.property_id, *record.values, record.raw_json, *lineage))
             cursor.execute(PG_MERGE)
-        if accepted:
-            cursor.execute(PG_LINKS, (payload.file_id, _text_array([record.property_id for record in accepted])))
+        accepted_ids = [record.property_id for record in accepted]
+        if accepted_ids:
+            cursor.execute(PG_LINKS, (payload.file_id, _text_array(accepted_ids)))
+    return accepted_ids
 
 
 def _driver(conn: Connection) -> Any:

@@ -98,6 +98,7 @@ class _Scope:
     lease_seconds: int
     max_payload_bytes: int
     statement_timeout_seconds: int
+    mirror_markers: bool
 
 
 class _StopRequest:
@@ -147,12 +148,14 @@ def process_backlog(
     limit: int | None = None,
     on_file: ProgressCallback | None = None,
     on_stop_requested: Callable[[int], None] | None = None,
+    mirror_markers: bool = True,
 ) -> ProcessingReport:
     """Process the PENDING files in scope with `workers` processes; one merged report.
 
     `limit` (process at most N files) runs in one process: a shared count across workers would
     need a shared claim budget, and a limit is for small, careful runs anyway. SIGTERM or Ctrl-C
     stop the run after the files in hand (`on_stop_requested` is told) and raise ProcessingInterrupted.
+    `mirror_markers=False` for a database the root's markers do not mirror (see PayloadProcessor).
     """
     stop_request = _StopRequest(on_stop_requested)
     if workers <= 1 or limit is not None or "fork" not in multiprocessing.get_all_start_methods():
@@ -162,6 +165,7 @@ def process_backlog(
             lease_seconds=lease_seconds,
             max_payload_bytes=max_payload_bytes,
             statement_timeout_seconds=statement_timeout_seconds,
+            mirror_markers=mirror_markers,
         )
         with _handling(stop_request):
             report = processor.run(
@@ -173,7 +177,7 @@ def process_backlog(
                 should_stop=stop_request.requested,
             )
     else:
-        scope = _Scope(month, file_ids, lease_seconds, max_payload_bytes, statement_timeout_seconds)
+        scope = _Scope(month, file_ids, lease_seconds, max_payload_bytes, statement_timeout_seconds, mirror_markers)
         with _handling(stop_request):
             report = _with_workers(engine, root, workers, scope, include_failed, on_file, stop_request)
     if stop_request.signal_number is not None:
@@ -193,7 +197,13 @@ def _with_workers(
     started = time.perf_counter()
     report = ProcessingReport(worker=new_worker_id(), workers=workers)
     report.requeued, report.retried = prepare_backlog(
-        engine, root, report.worker, month=scope.month, file_ids=scope.file_ids, include_failed=include_failed
+        engine,
+        root,
+        report.worker,
+        month=scope.month,
+        file_ids=scope.file_ids,
+        include_failed=include_failed,
+        mirror_markers=scope.mirror_markers,
     )
     engine.dispose()  # no pooled connection is inherited by a worker
     context = multiprocessing.get_context("fork")
@@ -308,6 +318,7 @@ def _work(
         lease_seconds=scope.lease_seconds,
         max_payload_bytes=scope.max_payload_bytes,
         statement_timeout_seconds=scope.statement_timeout_seconds,
+        mirror_markers=scope.mirror_markers,
     )
 
     def should_stop() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from property_pipeline.db import status
 from property_pipeline.db.status import PayloadFile
 from property_pipeline.errors import ProcessingError
+from property_pipeline.processing import replay
 from property_pipeline.processing.loader import load_records
 from property_pipeline.processing.memory import fewer_garbage_collections
 from property_pipeline.processing.parse import PayloadFormatError, PayloadPage, read_page
@@ -176,13 +178,18 @@ class PayloadProcessor:
         worker: str | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         statement_timeout_seconds: int = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+        mirror_markers: bool = True,
     ) -> None:
+        """`mirror_markers=False` leaves the payload root's marker folders alone (no `pending/`/`processed/`
+        markers, no processing copy): for a processor whose database is not the one those markers mirror,
+        such as a rebuild into a fresh database."""
         self.engine = engine
         self.root = root
         self.lease_seconds = lease_seconds
         self.worker = worker or new_worker_id()
         self.max_payload_bytes = max_payload_bytes
         self.statement_timeout_seconds = statement_timeout_seconds
+        self.mirror_markers = mirror_markers
         self._random = random.Random()  # noqa: S311 - retry jitter, not secrets
 
     def run(
@@ -203,7 +210,13 @@ class PayloadProcessor:
         report = ProcessingReport(worker=self.worker)
         if prepare:
             report.requeued, report.retried = prepare_backlog(
-                self.engine, self.root, self.worker, month=month, file_ids=file_ids, include_failed=include_failed
+                self.engine,
+                self.root,
+                self.worker,
+                month=month,
+                file_ids=file_ids,
+                include_failed=include_failed,
+                mirror_markers=self.mirror_markers,
             )
         deferred: list[int] = []  # given back during this run: not claimed again by it
         with fewer_garbage_collections():
@@ -224,9 +237,11 @@ class PayloadProcessor:
         report.seconds = time.perf_counter() - started
         return report
 
-    def process_claimed(self, payload: PayloadFile) -> FileOutcome:
+    def process_claimed(self, payload: PayloadFile, body: bytes | None = None) -> FileOutcome:
         """Load one claimed file in one transaction, or mark it FAILED; markers follow the database.
 
+        `body` is the file's content when the caller already holds it (a rebuild reading a deleted month
+        straight from its archive); it is checked against the registered SHA-256 like bytes read from disk.
         An interruption (Ctrl-C, a signal turned into an exception) gives the claim back before it
         propagates, so the file is PENDING again at once instead of after its lease.
         """
@@ -234,22 +249,22 @@ class PayloadProcessor:
         copy = None
         heartbeat = _Heartbeat(self.engine, payload.file_id, self.worker, self.lease_seconds)
         try:
-            source = self.root.resolve(payload.file_path)
-            if not source.is_file():
-                raise FileProblem(
-                    f"payload file {payload.file_path} is missing from {self.root.payloads}; "
-                    "restore it (property-pipeline restore, or from a backup), then retry"
-                )
-            size = source.stat().st_size
-            if size > self.max_payload_bytes:  # refused before it is copied or read: memory stays bounded
-                raise FileProblem(
-                    f"payload file {payload.file_path} is {size:,} bytes, above the limit of "
-                    f"{self.max_payload_bytes:,} (PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES); it was not read. "
-                    "Raise the limit if the file is genuine, then retry"
-                )
-            copy = markers.processing_copy(self.root, payload.file_id, source)
-            with open(copy, "rb") as handle:  # held open: the copy's name may be tidied away, never its bytes
-                outcome = self._load(payload, handle, started)
+            if body is not None:
+                self._check_size(payload, len(body))
+                outcome = self._load(payload, io.BytesIO(body), started)
+            else:
+                source = self.root.resolve(payload.file_path)
+                if not source.is_file():
+                    raise FileProblem(
+                        f"payload file {payload.file_path} is missing from {self.root.payloads}; "
+                        "restore it (property-pipeline restore, or from a backup), then retry"
+                    )
+                self._check_size(payload, source.stat().st_size)  # before it is copied or read: memory stays bounded
+                if self.mirror_markers:
+                    copy = markers.processing_copy(self.root, payload.file_id, source)
+                # Held open: the copy's name may be tidied away, never its bytes.
+                with open(copy if copy is not None else source, "rb") as handle:
+                    outcome = self._load(payload, handle, started)
         except status.LostClaim as error:
             log.warning("%s", error)
             return FileOutcome(payload.file_id, payload.file_path, Outcome.LOST, 0, 0, 0, 0, str(error))
@@ -273,16 +288,25 @@ class PayloadProcessor:
             heartbeat.stop()
             if copy is not None:
                 markers.drop_processing_copy(copy)
-        markers.follow(
-            self.root,
-            payload.file_path,
-            FileStatus(outcome.status),  # COMPLETED or FAILED here: the file's new state
-            file_id=payload.file_id,
-            success_count=outcome.success_count,
-            error_count=outcome.error_count,
-            error=outcome.error,
-        )
+        if self.mirror_markers:
+            markers.follow(
+                self.root,
+                payload.file_path,
+                FileStatus(outcome.status),  # COMPLETED or FAILED here: the file's new state
+                file_id=payload.file_id,
+                success_count=outcome.success_count,
+                error_count=outcome.error_count,
+                error=outcome.error,
+            )
         return outcome
+
+    def _check_size(self, payload: PayloadFile, size: int) -> None:
+        if size > self.max_payload_bytes:
+            raise FileProblem(
+                f"payload file {payload.file_path} is {size:,} bytes, above the limit of "
+                f"{self.max_payload_bytes:,} (PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES); it was not read. "
+                "Raise the limit if the file is genuine, then retry"
+            )
 
     def _load(self, payload: PayloadFile, handle: BinaryIO, started: float) -> FileOutcome:
         """Verify, parse and load the file in one transaction; a transaction that loses to a concurrent one is
@@ -294,7 +318,9 @@ class PayloadProcessor:
                     self._bound_waits(conn)
                     status.hold_claim(conn, payload.file_id, self.worker)
                     # Records are validated while they load: the counts are known once load_records returns.
-                    load_records(conn, payload, page)
+                    dropped = load_records(conn, payload, page)
+                    # A reload whose page no longer delivers some properties: they get their other sources.
+                    replay.give_new_sources(conn, payload.file_id, dropped, replay.page_reader(self.root))
                     elapsed_ms = _elapsed_ms(started)
                     status.mark_completed(
                         conn,
@@ -362,7 +388,7 @@ class PayloadProcessor:
     def _fail(self, payload: PayloadFile, message: str, started: float) -> FileOutcome:
         elapsed_ms = _elapsed_ms(started)
         log.error("file %s FAILED: %s", payload.file_id, message)
-        if not status.mark_failed(self.engine, payload.file_id, self.worker, message, processing_time_ms=elapsed_ms):
+        if not self._mark_failed(payload, message, elapsed_ms):
             return FileOutcome(payload.file_id, payload.file_path, Outcome.LOST, 0, 0, 0, elapsed_ms, message)
         return FileOutcome(
             payload.file_id,
@@ -374,6 +400,23 @@ class PayloadProcessor:
             elapsed_ms,
             message,
         )
+
+    def _mark_failed(self, payload: PayloadFile, message: str, elapsed_ms: int) -> bool:
+        """FAILED, in one transaction with removing what an earlier load of the file left (a reload that failed):
+        a FAILED file has no data. False when the claim was lost."""
+        if payload.attempts <= 1:
+            return status.mark_failed(self.engine, payload.file_id, self.worker, message, processing_time_ms=elapsed_ms)
+        try:
+            with self.engine.begin() as conn:
+                status.hold_claim(conn, payload.file_id, self.worker)
+                dropped = replay.unload(conn, payload.file_id)
+                replay.give_new_sources(conn, payload.file_id, dropped, replay.page_reader(self.root))
+                return status.mark_failed_in(conn, payload.file_id, self.worker, message, processing_time_ms=elapsed_ms)
+        except status.LostClaim:
+            return False
+        except replay.SourceUnavailable as error:
+            note = f"{message} (its earlier data stays loaded: {error})"
+            return status.mark_failed(self.engine, payload.file_id, self.worker, note, processing_time_ms=elapsed_ms)
 
     def _release_quietly(self, payload: PayloadFile, reason: str) -> None:
         try:

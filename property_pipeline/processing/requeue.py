@@ -51,15 +51,20 @@ def prepare_backlog(
     month: str | None = None,
     file_ids: Sequence[int] | None = None,
     include_failed: bool = False,
+    mirror_markers: bool = True,
 ) -> tuple[list[int], list[int]]:
-    """Before processing: (files whose lease expired put back to PENDING, FAILED files in scope retried if asked)."""
+    """Before processing: (files whose lease expired put back to PENDING, FAILED files in scope retried if asked).
+
+    `mirror_markers=False`: the database is not the one the root's markers mirror (a rebuild's target), so
+    neither markers nor processing copies are touched."""
     requeued = status.requeue_expired_claims(engine, actor)
     for file_id in requeued:
         log.warning("file %s: lease expired, its processor stopped; back to PENDING", file_id)
-    tidy_processing_copies(engine, root)
-    retried = (
-        retry_failed_files(engine, root, actor, file_ids=file_ids, month=month, all_failed=True)
-        if include_failed
-        else []
-    )
+    if mirror_markers:
+        tidy_processing_copies(engine, root)
+    retried: list[int] = []
+    if include_failed and mirror_markers:
+        retried = retry_failed_files(engine, root, actor, file_ids=file_ids, month=month, all_failed=True)
+    elif include_failed:
+        retried = status.retry_failed(engine, actor, file_ids=file_ids, month=month, all_failed=True)
     return requeued, retried

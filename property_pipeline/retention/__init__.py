@@ -1,8 +1,8 @@
-"""Retention: archive old months' COMPLETED payload files, verify the archive, then delete the originals.
+"""Retention: archive old months' settled payload files, verify the archive, then delete the originals.
 
 Policy: the current month and the `keep_months - 1` months before it stay on disk. In older
-months only COMPLETED files are removed; PENDING, PROCESSING and FAILED files, and files the
-database does not know, are reported and never touched.
+months only settled files (COMPLETED, or DISCARDED by an operator) are removed; PENDING,
+PROCESSING and FAILED files, and files the database does not know, are reported and never touched.
 
 Crash safety with archiving on: archive written (temporary file, fsync, rename, fsync folder)
 and read back → `archived_at` + `archive_name` committed → original unlinked → `deleted_at`

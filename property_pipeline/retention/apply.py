@@ -157,7 +157,7 @@ def _archive_month(engine: Engine, root: PayloadRoot, month: str, payloads: list
         with engine.begin() as conn:
             marked = status.record_archived(conn, [p.file_id for p in payloads], path.name)
             if marked != len(payloads):
-                raise ArchiveError(f"only {marked} of {len(payloads)} files are still COMPLETED; rerun cleanup")
+                raise ArchiveError(f"only {marked} of {len(payloads)} files are still settled; rerun cleanup")
     except BaseException:
         _discard(path)  # never referenced by the database: removing it loses nothing
         raise

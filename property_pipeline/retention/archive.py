@@ -10,7 +10,7 @@ import os
 import re
 import tarfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -148,6 +148,32 @@ def _read_archive(path: Path) -> tuple[dict[str, tuple[str, int]], list[Manifest
     if document.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"manifest format {document.get('format')!r}, expected {MANIFEST_FORMAT!r}")
     return members, [ManifestEntry(**item) for item in document["files"]]
+
+
+def read_members(
+    root: PayloadRoot, archive_name: str, wanted: Mapping[str, ManifestEntry]
+) -> Iterator[tuple[str, bytes]]:
+    """The bytes of the wanted members of an archive, each checked against its registered SHA-256 and size,
+    streamed from the tar.gz (nothing is written to disk). ArchiveError when a member differs or is missing."""
+    path = archive_path(root, archive_name)
+    found: set[str] = set()
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                want = wanted.get(member.name)
+                stream = tar.extractfile(member) if want is not None else None
+                if want is None or stream is None:
+                    continue
+                body = stream.read(want.size + 1)
+                if len(body) != want.size or hashlib.sha256(body).hexdigest() != want.sha256:
+                    raise ArchiveError(f"{member.name} in archive {archive_name} differs from its registered SHA-256")
+                found.add(member.name)
+                yield member.name, body
+    except (OSError, EOFError, zlib.error, tarfile.TarError) as error:
+        raise ArchiveError(f"archive {archive_name} cannot be read ({type(error).__name__}: {error})") from error
+    missing = sorted(set(wanted) - found)
+    if missing:
+        raise ArchiveError(f"archive {archive_name} does not hold {missing[:3]}")
 
 
 def _hash_stream(stream: IO[bytes]) -> tuple[str, int]:

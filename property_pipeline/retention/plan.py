@@ -1,4 +1,5 @@
-"""Which files retention removes: the COMPLETED files of months older than the kept window, and why others stay."""
+"""Which files retention removes: the settled files (COMPLETED or DISCARDED) of months older than the kept window,
+and why others stay."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from sqlalchemy import Engine, Row, select
 
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.registration import month_folders, payload_candidates
-from property_pipeline.states import FileStatus
+from property_pipeline.states import SETTLED, FileStatus
 from property_pipeline.store.layout import PayloadPathError, PayloadRoot
 
 NOT_COMPLETED_REASONS = {
-    FileStatus.PENDING: "PENDING: not loaded yet; retention deletes only COMPLETED files "
+    FileStatus.PENDING: "PENDING: not loaded yet; retention deletes only settled files "
     "(run `property-pipeline process`)",
-    FileStatus.PROCESSING: "PROCESSING: being loaded right now; retention deletes only COMPLETED files",
-    FileStatus.FAILED: "FAILED: retention deletes only COMPLETED files; fix the cause, then `property-pipeline retry`",
+    FileStatus.PROCESSING: "PROCESSING: being loaded right now; retention deletes only settled files",
+    FileStatus.FAILED: "FAILED: retention deletes only settled files; fix the cause, then `property-pipeline retry`",
 }
 UNREGISTERED_REASON = "not registered: retention never deletes files the database does not know (run `register`)"
 MISSING_REASON = (
@@ -28,7 +29,7 @@ MISSING_REASON = (
 
 @dataclass(frozen=True)
 class RetentionFile:
-    """A COMPLETED file of an old month that retention removes from disk."""
+    """A settled file (COMPLETED or DISCARDED) of an old month that retention removes from disk."""
 
     file_id: int
     file_path: str
@@ -141,7 +142,7 @@ def plan_months(engine: Engine, root: PayloadRoot, oldest_kept: str, only: str |
 
 def _classify(root: PayloadRoot, row: StatusRow) -> RetentionFile | SkippedFile | None:
     """A file to remove, a file to skip (with the reason), or None when retention is done with it."""
-    if row.status != FileStatus.COMPLETED:
+    if row.status not in SETTLED:
         return SkippedFile(row.file_path, NOT_COMPLETED_REASONS.get(row.status, row.status), row.file_id)
     try:
         on_disk = root.resolve(row.file_path).is_file()
