@@ -10,21 +10,30 @@ from sqlalchemy import Engine, func, select
 
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import file_properties, properties, quarantined_records
+from property_pipeline.db.schema import file_status_events as events
 from property_pipeline.store.layout import PayloadRoot
 
 
 def data_violations(engine: Engine) -> list[str]:
-    """Exactly once and a truthful status table: a file's data exists if and only if it is COMPLETED.
+    """Exactly once and a truthful status table: a file's data exists if and only if it is COMPLETED, or it is
+    being reprocessed (its earlier load stays until the reload replaces it, in the reload's transaction).
 
-    Checks per file: COMPLETED ⇔ link rows == success_count and quarantine rows == error_count;
-    any other state ⇔ no link and no quarantine row. Every property row comes from a COMPLETED
-    file that links it, and every linked property exists.
+    Checks per file: COMPLETED, or waiting to be reprocessed ⇔ link rows == success_count and quarantine
+    rows == error_count; any other state ⇔ no link and no quarantine row. Every property row comes from
+    such a file, and every linked property exists.
     """
     violations: list[str] = []
     with engine.connect() as conn:
         rows = conn.execute(
             select(files.c.file_id, files.c.status, files.c.success_count, files.c.error_count, files.c.locked_by)
         ).all()
+        reprocessing = set(
+            conn.execute(
+                select(events.c.file_id)
+                .join(files, files.c.file_id == events.c.file_id)
+                .where(events.c.detail.like("reprocess: %"), files.c.status.in_(["PENDING", "PROCESSING"]))
+            ).scalars()
+        )
         links = dict(
             conn.execute(select(file_properties.c.file_id, func.count()).group_by(file_properties.c.file_id)).all()
         )
@@ -36,7 +45,10 @@ def data_violations(engine: Engine) -> list[str]:
         orphans = conn.execute(
             select(func.count())
             .select_from(properties.outerjoin(files, files.c.file_id == properties.c.source_file_id))
-            .where((files.c.status.is_(None)) | (files.c.status != "COMPLETED"))
+            .where(
+                (files.c.status.is_(None))
+                | ((files.c.status != "COMPLETED") & files.c.file_id.not_in(sorted(reprocessing) or [-1]))
+            )
         ).scalar_one()
         unlinked = conn.execute(
             select(func.count())
@@ -47,7 +59,7 @@ def data_violations(engine: Engine) -> list[str]:
         ).scalar_one()
     for row in rows:
         linked, held = links.get(row.file_id, 0), quarantined.get(row.file_id, 0)
-        if row.status == "COMPLETED":
+        if row.status == "COMPLETED" or row.file_id in reprocessing:
             if linked != (row.success_count or 0) or held != (row.error_count or 0):
                 violations.append(
                     f"file {row.file_id} COMPLETED with success_count={row.success_count} error_count="
@@ -58,7 +70,7 @@ def data_violations(engine: Engine) -> list[str]:
         if row.status == "PROCESSING" and row.locked_by is None:
             violations.append(f"file {row.file_id} is PROCESSING without an owner: it could never be requeued")
     if orphans:
-        violations.append(f"{orphans} property rows come from a file that is not COMPLETED")
+        violations.append(f"{orphans} property rows come from a file that is neither COMPLETED nor reprocessed")
     if unlinked:
         violations.append(f"{unlinked} link rows point at a property that does not exist")
     return violations
