@@ -14,6 +14,7 @@ TARGETS = {
     "registration": "benchmarks.target_registration",
     "capture": "benchmarks.target_capture",
     "parallel": "benchmarks.target_parallel",
+    "replay": "benchmarks.target_replay",
 }
 
 if __name__ == "__main__":

@@ -28,23 +28,31 @@ ALL_COLUMNS = ("property_id", *COLUMNS, *LINEAGE)
 UPDATED = (*COLUMNS, "raw", "source_file_id", "campaign_id", "captured_at", "last_seen_at")
 
 
-def _upsert_tail(least: str) -> str:
+def _upsert_tail(least: str, distinct: str, raw_text: str) -> str:
     """Newest wins for the values; the first-seen time is the earliest of all loads, in whatever order they come
-    (an older file loaded after a newer one keeps the newer values but lowers first_seen_at)."""
+    (an older file loaded after a newer one keeps the newer values but lowers first_seen_at). A record that
+    would write exactly what the row holds (the file it came from, reloaded with nothing changed) writes
+    nothing: no new row version, no index or WAL work."""
     newer = "(properties.captured_at, properties.source_file_id) <= (excluded.captured_at, excluded.source_file_id)"
     assignments = ", ".join(
         f"{column} = CASE WHEN {newer} THEN excluded.{column} ELSE properties.{column} END" for column in UPDATED
     )
+    held = ", ".join(
+        raw_text.format(f"properties.{column}") if column == "raw" else f"properties.{column}" for column in UPDATED
+    )
+    incoming = ", ".join(
+        raw_text.format(f"excluded.{column}") if column == "raw" else f"excluded.{column}" for column in UPDATED
+    )
     return (
         f"ON CONFLICT (property_id) DO UPDATE SET {assignments}, "
         f"first_seen_at = {least}(properties.first_seen_at, excluded.first_seen_at) "
-        f"WHERE {newer} OR excluded.first_seen_at < properties.first_seen_at"
+        f"WHERE ({newer} AND ({held}) {distinct} ({incoming})) OR excluded.first_seen_at < properties.first_seen_at"
     )
 
 
 SQLITE_UPSERT = (
     f"INSERT INTO properties ({', '.join(ALL_COLUMNS)}) VALUES ({', '.join('?' for _ in ALL_COLUMNS)}) "
-    + _upsert_tail("min")
+    + _upsert_tail("min", "IS NOT", "{}")
 )
 # PostgreSQL. Properties the database does not hold yet are copied straight into `properties`: the
 # cost of a plain COPY. Known ones go through a staging table and an upsert that keeps the newest.
@@ -84,7 +92,7 @@ PG_CREATE_STAGE = (
 PG_COPY = f"COPY {PG_STAGE} ({', '.join(ALL_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 PG_MERGE = (
     f"INSERT INTO properties ({', '.join(ALL_COLUMNS)}) SELECT {', '.join(ALL_COLUMNS)} FROM {PG_STAGE} "
-    "ORDER BY property_id " + _upsert_tail("LEAST")
+    "ORDER BY property_id " + _upsert_tail("LEAST", "IS DISTINCT FROM", "{}::text")  # json has no equality
 )
 PG_LINKS = "INSERT INTO file_properties (file_id, property_id) SELECT %s, unnest(%s::text[])"
 
@@ -129,17 +137,26 @@ def load_records(conn: Connection, payload: PayloadFile, page: PayloadPage) -> f
     an earlier load and no longer does (always empty on a first load): their rows may need another
     source (processing/replay.py).
     """
-    previous = forget_previous_load(conn, payload.file_id) if payload.attempts > 1 else frozenset()
+    # A reload (a reprocess, or a retry after a reload failed) replaces the file's quarantine, and its links
+    # only where they changed: a link kept is not written again.
+    previous = _previous_load(conn, payload.file_id) if payload.attempts > 1 else frozenset()
     dialect = conn.dialect.name
     with _driver_errors_as_sqlalchemy(conn, f"bulk load of file {payload.file_id}"):
         if dialect == "postgresql":
-            accepted = _load_postgresql(conn, payload, page)
+            accepted = _load_postgresql(conn, payload, page, previous)
         elif dialect == "sqlite":
             records = list(page.records())
-            _load_sqlite(conn, payload, records)
+            _load_sqlite(conn, payload, records, previous)
             accepted = [record.property_id for record in records]
         else:
             raise NotImplementedError(f"database {dialect!r} is not supported (use SQLite or PostgreSQL)")
+    dropped = previous.difference(accepted) if previous else frozenset()
+    if dropped:
+        conn.execute(
+            delete(file_properties).where(
+                file_properties.c.file_id == payload.file_id, file_properties.c.property_id.in_(sorted(dropped))
+            )
+        )
     if page.rejected:
         now = utcnow()
         conn.execute(
@@ -156,7 +173,7 @@ def load_records(conn: Connection, payload: PayloadFile, page: PayloadPage) -> f
                 for item in sorted(page.rejected, key=_record_index)
             ],
         )
-    return previous.difference(accepted) if previous else frozenset()
+    return dropped
 
 
 def upsert_from_source(
@@ -183,6 +200,14 @@ def upsert_from_source(
         conn.execute(lite_statement.on_conflict_do_update(index_elements=["property_id"], set_={**values, **lineage}))
 
 
+def _previous_load(conn: Connection, file_id: int) -> frozenset[str]:
+    """Delete the quarantine rows an earlier load of the file left; the ids it had delivered (its links)."""
+    conn.execute(delete(quarantined_records).where(quarantined_records.c.file_id == file_id))
+    return frozenset(
+        conn.execute(select(file_properties.c.property_id).where(file_properties.c.file_id == file_id)).scalars()
+    )
+
+
 def forget_previous_load(conn: Connection, file_id: int) -> frozenset[str]:
     """Delete the link and quarantine rows an earlier load of the file left; the ids it had delivered."""
     delivered = frozenset(
@@ -198,7 +223,9 @@ def _record_index(item: RejectedRecord) -> int:
     return item.record_index
 
 
-def _load_sqlite(conn: Connection, payload: PayloadFile, records: Sequence[PropertyRecord]) -> None:
+def _load_sqlite(
+    conn: Connection, payload: PayloadFile, records: Sequence[PropertyRecord], linked: frozenset[str]
+) -> None:
     if not records:
         return
     captured = _sqlite_time(payload.captured_at)
@@ -209,13 +236,13 @@ def _load_sqlite(conn: Connection, payload: PayloadFile, records: Sequence[Prope
         cursor.executemany(SQLITE_UPSERT, rows)
         cursor.executemany(
             "INSERT INTO file_properties (file_id, property_id) VALUES (?, ?)",
-            [(payload.file_id, record.property_id) for record in records],
+            [(payload.file_id, record.property_id) for record in records if record.property_id not in linked],
         )
     finally:
         cursor.close()
 
 
-def _load_postgresql(conn: Connection, payload: PayloadFile, page: PayloadPage) -> list[str]:
+def _load_postgresql(conn: Connection, payload: PayloadFile, page: PayloadPage, linked: frozenset[str]) -> list[str]:
     """Stream the records into a COPY as they are validated, so the server works while Python validates.
 
     Properties the table does not hold yet go straight into `properties` (the cost of a plain COPY);
@@ -268,8 +295,9 @@ def _load_postgresql(conn: Connection, payload: PayloadFile, page: PayloadPage) 
                     copy.write_row((record.property_id, *record.values, record.raw_json, *lineage))
             cursor.execute(PG_MERGE)
         accepted_ids = [record.property_id for record in accepted]
-        if accepted_ids:
-            cursor.execute(PG_LINKS, (payload.file_id, _text_array(accepted_ids)))
+        new_links = [property_id for property_id in accepted_ids if property_id not in linked]
+        if new_links:
+            cursor.execute(PG_LINKS, (payload.file_id, _text_array(new_links)))
     return accepted_ids
 
 

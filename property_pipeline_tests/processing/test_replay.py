@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from property_pipeline.db.engine import create_db_engine, upgrade
 from property_pipeline.db.queries import month_statuses, row_count_mismatches
@@ -34,6 +34,7 @@ from property_pipeline.registration import register_unregistered
 from property_pipeline.retention import apply_retention, plan_retention, restore_month
 from property_pipeline.store.layout import PayloadRoot
 from property_pipeline_tests import replay_rules
+from property_pipeline_tests.conftest import TABLES
 from property_pipeline_tests.factories import make_record, write_page
 
 OCT = datetime(2026, 10, 5, 8, tzinfo=UTC)
@@ -358,3 +359,28 @@ def test_a_reprocessed_month_is_not_an_old_backlog(engine: Engine, root: Payload
     replay.mark_for_reprocessing(engine, root, "test", plan, REASON)
     assert current_alerts(engine, pending_max_age_seconds=3600) == []
     assert month_statuses(engine, "2026-11")[0].pending == 2
+
+
+def test_reprocessing_unchanged_files_writes_no_row_versions(postgres_url: str, tmp_path: Path) -> None:
+    """PostgreSQL: a reload that changes nothing leaves every property and link row as it was (same xmin)."""
+    engine = create_db_engine(postgres_url)
+    root = PayloadRoot(tmp_path / "logs")
+    root.ensure_folders()
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        _scenario(root)
+        _load_all(engine, root)
+
+        def versions() -> tuple[list[tuple[str, str]], list[tuple[int, str, str]]]:
+            with engine.connect() as conn:
+                rows = conn.execute(text("SELECT property_id, xmin::text FROM properties ORDER BY 1")).all()
+                links = conn.execute(text("SELECT file_id, property_id, xmin::text FROM file_properties ORDER BY 1, 2"))
+                return [tuple(r) for r in rows], [tuple(r) for r in links]  # type: ignore[misc]
+
+        before = versions()
+        _reprocess(engine, root, month="2026-11")
+        _reprocess(engine, root, month="2026-10")
+        assert versions() == before
+    finally:
+        engine.dispose()
