@@ -508,17 +508,23 @@ def retry_failed(
         return retried
 
 
-# Retention never changes `status`: it only records where a COMPLETED file's bytes are.
+# Retention never changes `status`: it only records where a COMPLETED file's bytes are. Each change
+# still leaves a row in `file_status_events` (from and to the same state), so a reader of the events
+# (the Dagster month sensor) sees that the month's files moved.
+RETENTION_ACTOR = "retention"
 
 
 def record_archived(conn: Connection, file_ids: Sequence[int], archive_name: str) -> int:
     """In the caller's transaction: these COMPLETED files are inside the verified archive `archive_name`."""
-    result = conn.execute(
+    rows = conn.execute(
         update(files)
         .where(files.c.file_id.in_(list(file_ids)), files.c.status == COMPLETED)
         .values(archived_at=utcnow(), archive_name=archive_name)
-    )
-    return result.rowcount
+        .returning(files.c.file_id)
+    ).all()
+    archived = sorted(row.file_id for row in rows)
+    _record_events(conn, archived, COMPLETED, COMPLETED, RETENTION_ACTOR, f"archived in {archive_name}")
+    return len(archived)
 
 
 def record_deleted(engine: Engine, file_id: int) -> bool:
@@ -529,15 +535,21 @@ def record_deleted(engine: Engine, file_id: int) -> bool:
             .where(files.c.file_id == file_id, files.c.status == COMPLETED, files.c.deleted_at.is_(None))
             .values(deleted_at=utcnow())
         )
-        return result.rowcount == 1
+        if result.rowcount != 1:
+            return False
+        _record_events(conn, [file_id], COMPLETED, COMPLETED, RETENTION_ACTOR, "deleted from disk by retention")
+        return True
 
 
 def record_restored(engine: Engine, file_ids: Sequence[int]) -> int:
     """`restore` put the files back on disk: clear `deleted_at`, keep `archived_at`/`archive_name` as history."""
     with engine.begin() as conn:
-        result = conn.execute(
+        rows = conn.execute(
             update(files)
             .where(files.c.file_id.in_(list(file_ids)), files.c.deleted_at.is_not(None))
             .values(deleted_at=None)
-        )
-        return result.rowcount
+            .returning(files.c.file_id, files.c.status)
+        ).all()
+        for row in rows:
+            _record_events(conn, [row.file_id], row.status, row.status, RETENTION_ACTOR, "restored from its archive")
+        return len(rows)
