@@ -16,7 +16,7 @@ from pydantic import Field, PrivateAttr
 from sqlalchemy import Engine
 
 from property_pipeline.api.client import PropertySearchClient
-from property_pipeline.capture import Campaign, load_campaigns
+from property_pipeline.capture import Campaign, CampaignConfigError, load_campaigns
 from property_pipeline.db.engine import create_db_engine, ensure_schema
 from property_pipeline.registration import DropInRules
 from property_pipeline.settings import (
@@ -26,6 +26,7 @@ from property_pipeline.settings import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_PAGE_DEADLINE_SECONDS,
     DEFAULT_PAGE_SIZE,
+    DEFAULT_QUARANTINE_WARN_SHARE,
     DEFAULT_RETENTION_MONTHS,
     DEFAULT_SETTLE_SECONDS,
     Settings,
@@ -127,6 +128,15 @@ class CampaignCatalog(dg.ConfigurableResource):
         """The enabled campaigns, in file order."""
         return [campaign for campaign in load_campaigns(Path(self.path)) if campaign.enabled]
 
+    def named(self, campaign_id: str) -> Campaign:
+        """The campaign with this id, enabled or not (naming it is asking for it); CampaignConfigError if absent."""
+        campaigns = load_campaigns(Path(self.path))
+        for campaign in campaigns:
+            if campaign.campaign_id == campaign_id:
+                return campaign
+        known = ", ".join(c.campaign_id for c in campaigns) or "none"
+        raise CampaignConfigError(f"campaign {campaign_id!r} is not in {self.path} (campaigns there: {known})")
+
 
 class RetentionPolicy(dg.ConfigurableResource):
     """How many months of payload files stay on disk, and whether older ones are archived before deletion."""
@@ -137,6 +147,22 @@ class RetentionPolicy(dg.ConfigurableResource):
         description="Months kept, the current one included (PROPERTY_PIPELINE_RETENTION_MONTHS).",
     )
     archive: bool = Field(default=True, description="Archive and verify before deleting (PROPERTY_PIPELINE_ARCHIVE).")
+
+
+class QuarantinePolicy(dg.ConfigurableResource):
+    """How much of a month's records may be quarantined before its quarantine check warns."""
+
+    warn_share: float = Field(
+        default=DEFAULT_QUARANTINE_WARN_SHARE,
+        ge=0,
+        le=1,
+        description="Warn above this share of a month's records (PROPERTY_PIPELINE_QUARANTINE_WARN_SHARE; 0.01 = 1%).",
+    )
+
+
+def database_kind(url: str) -> str:
+    """The kind Dagster shows for assets stored in the pipeline database: `postgres` or `sqlite`."""
+    return "sqlite" if url.startswith("sqlite") else "postgres"
 
 
 def _env_or(name: str, default: str | None) -> str | None:
@@ -181,4 +207,5 @@ def pipeline_resources(settings: Settings) -> dict[str, Any]:
         ),
         "campaigns": CampaignCatalog(path=str(settings.campaigns_file)),
         "retention_policy": RetentionPolicy(keep_months=settings.retention_months, archive=settings.archive_enabled),
+        "quarantine_policy": QuarantinePolicy(warn_share=settings.quarantine_warn_share),
     }

@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from property_pipeline.defs.metadata import markdown_table
+from property_pipeline.defs.month_state import health_of, payload_metadata
 from property_pipeline.defs.partitions import is_partition
 from property_pipeline.defs.raw_payloads import raw_property_payloads
 from property_pipeline.defs.resources import PayloadStore, PipelineDatabase, RetentionPolicy
@@ -46,6 +47,7 @@ def apply_retention_policy(
                     asset_key=raw_property_payloads.key,
                     partition=month.month,
                     metadata={
+                        **payload_metadata(engine, health_of(engine, month.month)),
                         "retention_archive": month.archive_name or "",
                         "retention_files_deleted": len(month.deleted) + len(month.healed),
                         "retention_bytes_deleted": month.bytes_deleted,
