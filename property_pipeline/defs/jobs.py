@@ -29,3 +29,14 @@ retry_failed_months_job = dg.define_asset_job(
     description="Load a month's PENDING files and retry its FAILED ones. Backfill it over the failed months: "
     "`dagster job backfill -w workspace.yaml -j retry_failed_months --from 2026-01 --to 2026-11 --noprompt`.",
 )
+
+# What the month sensor launches for a month whose files FAILED outside Dagster (the CLI, another
+# process): only a failed run gives a partition the Failed state in Dagster 1.13, runless events cannot.
+# It processes nothing: it records the month's state from the database, then fails while files are FAILED.
+record_month_state_job = dg.define_asset_job(
+    "record_month_state",
+    selection=dg.AssetSelection.assets(properties),
+    config={"ops": {"properties": {"config": {"record_only": True}}}},
+    description="Record a month's state from the database without processing anything: materialized when every "
+    "file is COMPLETED, failed (with the files' errors) otherwise. Launched by month_state_sensor.",
+)
