@@ -162,16 +162,19 @@ def properties_metadata(
     return metadata
 
 
-def unsettled_reason(health: MonthHealth) -> str:
-    """Why the month is not settled, for the failure a person reads first."""
-    waiting = {state: n for state, n in health.files_by_status.items() if n and state != COMPLETED}
-    parts = [f"{n} {state}" for state, n in waiting.items()]
+def unsettled_reason(engine: Engine, health: MonthHealth) -> str:
+    """Why the month is not settled, with the first FAILED files' errors: the text a person reads first."""
+    waiting = [f"{n} {state}" for state, n in health.files_by_status.items() if n and state != COMPLETED]
+    _stuck, failed = problem_files(engine, health.month)
+    errors = [f"file {f.file_id} {f.file_path}: {(f.error_details or '')[:500]}" for f in failed[:3]]
+    more = [f"and {len(failed) - 3} more FAILED files (first_errors)"] if len(failed) > 3 else []
     advice = (
-        "fix the cause, then materialize the month with include_failed: true (or `property-pipeline retry`)"
-        if health.count(FAILED)
-        else "materialize the month again once the other processor is done"
+        "Fix the cause, then materialize the month with include_failed: true (or `property-pipeline retry`)."
+        if failed
+        else "Materialize the month again once the other processor is done."
     )
-    return f"{health.month} is not settled: {', '.join(parts)} of {health.files} files; {advice}"
+    lines = [f"{health.month} is not settled: {', '.join(waiting)} of {health.files} files.", *errors, *more, advice]
+    return "\n".join(lines)
 
 
 # --- Checks: one verdict per month, built the same way in a run, in the asset's failure path and by the sensor ---

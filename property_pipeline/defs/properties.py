@@ -117,5 +117,7 @@ def properties(
         context.log_event(verdict.evaluation(month))
     yield dg.AssetObservation(asset_key=PROPERTIES_KEY, partition=month, metadata=metadata)
     raise dg.Failure(
-        description=unsettled_reason(health), metadata={key: metadata[key] for key in FAILURE_KEYS}, allow_retries=False
+        description=unsettled_reason(engine, health),
+        metadata={key: metadata[key] for key in FAILURE_KEYS},
+        allow_retries=False,
     )

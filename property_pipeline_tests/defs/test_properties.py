@@ -82,7 +82,8 @@ def test_a_month_left_with_a_failed_file_is_not_materialized_and_shows_failed_wi
     assert (values["run_files_completed"], values["run_files_failed"], values["files_failed"]) == (1, 1, 1)
     assert lost.relative_path in values["first_errors"] and "missing" in values["first_errors"]
     failure = first.failure_data_for_node("properties")
-    assert failure is not None and "1 FAILED of 2 files" in (failure.user_failure_data.description or "")
+    description = failure.user_failure_data.description if failure else ""
+    assert "1 FAILED of 2 files" in description and f"{lost.relative_path} is missing" in description  # the error
     assert lost.relative_path in failure.user_failure_data.metadata["first_errors"].value
     # The month's checks are skipped once the step fails; their verdicts were recorded by the step.
     checks = checks_by_name(first)
