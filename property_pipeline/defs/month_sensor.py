@@ -15,6 +15,10 @@ Dagster is behind, it reports, with the metadata a run records (`defs/month_stat
   state in Dagster 1.13 (a runless failure does not exist); that run records the observation and the
   verdicts itself, and fails.
 
+Check verdicts: Dagster 1.13.27 stores one runless evaluation per check and partition (a unique index
+over run id '' and partition), so a runless verdict is reported only where the month has none yet; a
+verdict of a settled month that changed is recorded by a `record_month_state` run instead.
+
 Dedup: a month that a queued or running run touches (its `dagster/partition` tag) waits for that run
 to end, since the run records the month itself; the comparison then finds Dagster up to date and
 reports nothing. A change Dagster already recorded (by a run or by an earlier tick) is never reported
@@ -42,6 +46,8 @@ from datetime import timedelta
 from typing import Any
 
 import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.base import PartitionKeyFilter
 from sqlalchemy import Engine
 
 from property_pipeline.db.queries import FileEvent, MonthHealth, file_events_after, last_file_event_id, month_health
@@ -54,6 +60,7 @@ from property_pipeline.defs.month_state import (
     PROPERTIES_KEY,
     RAW_KEY,
     STATE_KEY,
+    CheckVerdict,
     database_verdicts,
     payload_metadata,
     properties_metadata,
@@ -75,6 +82,7 @@ IN_FLIGHT = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 ]
+PASSED, FAILED_CHECK = AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED
 RUNS_LOOKED_AT = 500  # in-flight runs read per tick to find the months they touch
 
 
@@ -177,16 +185,13 @@ def report_month(
             said.append("raw_property_payloads observed (retention)")
     state = properties_state(health)
     if recorded_state(instance, PROPERTIES_KEY, month).state != state:
-        if health.count(FAILED):
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"{record_month_state_job.name}:{month}:{hashlib.sha256(state.encode()).hexdigest()[:16]}",
-                    partition_key=month,
-                    job_name=record_month_state_job.name,
-                    tags={"property_pipeline/requested_by": SENSOR_NAME},
-                )
-            )
-            said.append(f"{health.count(FAILED)} FAILED file(s): record_month_state run requested")
+        verdicts = database_verdicts(engine, health, warn_share)
+        new, changed = verdicts_to_record(instance, month, verdicts)
+        if health.count(FAILED) or (changed and health.settled):
+            # A run records the month: the only way to a Failed partition, and to a verdict that changed.
+            requests.append(record_month_state_request(month, state))
+            reason = f"{health.count(FAILED)} FAILED file(s)" if health.count(FAILED) else "a check verdict changed"
+            said.append(f"{reason}: record_month_state run requested")
         else:
             metadata = properties_metadata(engine, health, changed_by=changed_by)
             if health.settled:
@@ -196,8 +201,40 @@ def report_month(
                 events.append(dg.AssetObservation(PROPERTIES_KEY, partition=month, metadata=metadata))
                 waiting = health.files - health.count("COMPLETED")
                 said.append(f"properties observed ({waiting} of {health.files} files not loaded yet)")
-            events.extend(verdict.evaluation(month) for verdict in database_verdicts(engine, health, warn_share))
+            events.extend(verdict.evaluation(month) for verdict in new)
     return MonthReport(events, requests, f"{month}: {', '.join(said)}" if said else None)
+
+
+def record_month_state_request(month: str, state: str) -> dg.RunRequest:
+    """A `record_month_state` run of the month, once per state of its files (the run key)."""
+    return dg.RunRequest(
+        run_key=f"{record_month_state_job.name}:{month}:{hashlib.sha256(state.encode()).hexdigest()[:16]}",
+        partition_key=month,
+        job_name=record_month_state_job.name,
+        tags={"property_pipeline/requested_by": SENSOR_NAME},
+    )
+
+
+def verdicts_to_record(
+    instance: dg.DagsterInstance, month: str, verdicts: Sequence[CheckVerdict]
+) -> tuple[list[CheckVerdict], bool]:
+    """(verdicts Dagster has none of for this month yet, whether a recorded verdict of the month changed).
+
+    Dagster 1.13.27 keeps at most one runless evaluation per check and partition (a unique index over
+    asset key, check, run id '' and partition), so a runless verdict is reported only where the month
+    has none; a verdict that changed is recorded by a run instead.
+    """
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(v.asset_key, v.check_name) for v in verdicts], partition_filter=PartitionKeyFilter(key=month)
+    )
+    new, changed = [], False
+    for verdict in verdicts:
+        record = latest.get(dg.AssetCheckKey(verdict.asset_key, verdict.check_name))
+        if record is None:
+            new.append(verdict)
+        elif record.status != (PASSED if verdict.passed else FAILED_CHECK):
+            changed = True
+    return new, changed
 
 
 def _files_in(data_version: str | None) -> int:

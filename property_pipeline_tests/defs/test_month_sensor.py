@@ -128,13 +128,42 @@ def test_a_month_whose_file_failed_outside_dagster_gets_a_record_run_that_shows_
     after = tick(own_instance, resources, result.cursor)
     assert after.run_requests == [] and after.asset_events == []
 
-    # Fixed and retried from the CLI: the month turns green within one tick.
+    # Fixed and retried from the CLI: no_failed_files of the month changes to passed, a verdict only a run can
+    # record again (Dagster keeps one runless verdict per check and month), so a record run, which succeeds.
     lost.path.with_name(".away").rename(lost.path)
     assert cli(db_url, root, "retry", "--month", "2026-04") == 0
     assert cli(db_url, root, "process", "--month", "2026-04") == 0
     fixed = tick(own_instance, resources, after.cursor)
-    assert set(events_of(fixed, dg.AssetMaterialization, properties.key)) == {"2026-04"}
-    assert partition_status(own_instance, properties.key, "2026-04") == AssetPartitionStatus.MATERIALIZED
+    (request,) = fixed.run_requests
+    assert (request.job_name, request.partition_key) == ("record_month_state", "2026-04")
+    green = job.execute_in_process(
+        instance=own_instance, partition_key="2026-04", tags=request.tags, resources=resources, raise_on_error=False
+    )
+    assert (
+        green.success and partition_status(own_instance, properties.key, "2026-04") == AssetPartitionStatus.MATERIALIZED
+    )
+    verdict = next(e for e in green.get_asset_check_evaluations() if e.check_name == "no_failed_files")
+    assert verdict.passed and verdict.partition == "2026-04"
+    assert tick(own_instance, resources, fixed.cursor).run_requests == []
+
+
+def test_a_month_changed_again_outside_dagster_is_reported_again_without_a_second_runless_verdict(
+    db_url: str, root: PayloadRoot, resources: dict[str, Any], own_instance: dg.DagsterInstance
+) -> None:
+    cursor = tick(own_instance, resources, None).cursor
+    write_month(root, "2026-09", files=1)
+    assert cli(db_url, root, "register") == 0 and cli(db_url, root, "process") == 0
+    first = tick(own_instance, resources, cursor)
+    assert len([e for e in first.asset_events if isinstance(e, dg.AssetCheckEvaluation)]) == 4
+
+    write_month(root, "2026-09", files=2, campaign="camp-2")
+    assert cli(db_url, root, "register") == 0 and cli(db_url, root, "process") == 0
+    second = tick(own_instance, resources, first.cursor)  # stored as the daemon stores it: this must not raise
+
+    (loaded,) = events_of(second, dg.AssetMaterialization, properties.key).values()
+    assert metadata_values(loaded)["files_completed"] == 3
+    assert [e for e in second.asset_events if isinstance(e, dg.AssetCheckEvaluation)] == []  # unchanged verdicts
+    assert second.run_requests == []
 
 
 def statuses_of_month(db_url: str, root: PayloadRoot) -> list[str]:
