@@ -62,13 +62,17 @@ format: $(STAMP)
 	$(BIN)/ruff format property_pipeline property_pipeline_tests
 	$(BIN)/ruff check --fix property_pipeline property_pipeline_tests
 
+# The Dagster UI and daemon (`dg dev`, the project's code location from [tool.dg] in pyproject.toml) on
+# http://127.0.0.1:3000. VIRTUAL_ENV and PATH as if .venv were activated: dg then uses it, without warning.
+DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dg
+
 dagster: $(STAMP)
-	mkdir -p dagster_home && DAGSTER_HOME=$(CURDIR)/dagster_home $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	mkdir -p dagster_home && DAGSTER_HOME=$(CURDIR)/dagster_home $(DG) dev -h 127.0.0.1 -p 3000
 
 # The same UI on PostgreSQL instance storage: set DAGSTER_PG_HOST/PORT/USER/PASSWORD/DB first (dagster_home/README.md).
 dagster-postgres: $(STAMP)
 	mkdir -p dagster_home/postgres && cp dagster_home/dagster.postgres.yaml dagster_home/postgres/dagster.yaml
-	DAGSTER_HOME=$(CURDIR)/dagster_home/postgres $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	DAGSTER_HOME=$(CURDIR)/dagster_home/postgres $(DG) dev -h 127.0.0.1 -p 3000
 
 clean-data:
 	rm -rf logs/property_payloads logs/pending logs/processing logs/processed logs/archive property_pipeline.db*

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,12 @@ DEFAULT_SENSOR_MAX_FILES = 500
 DEFAULT_SETTLE_SECONDS = 5
 # A payload name may lie this far in the future of this machine's clock (clocks drift); further is refused.
 DEFAULT_CLOCK_SKEW_SECONDS = 300
+# The oldest month the Dagster UI has a partition for (folders older than it are not shown there).
+DEFAULT_FIRST_PARTITION_MONTH = "2026-01"
+# Where people open the Dagster UI: alert messages link to runs under it.
+DEFAULT_UI_BASE_URL = "http://127.0.0.1:3000"
+# A month whose quarantined share of records is above this gets a warning from its quarantine check.
+DEFAULT_QUARANTINE_WARN_SHARE = 0.01
 
 
 DAY = 86_400
@@ -91,6 +98,28 @@ def _db_url_env(name: str) -> str:
     return raw
 
 
+def _month_env(name: str, default: str) -> str:
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", raw):
+        raise SettingsError(f"{name}={raw[:40]!r} is not a month of the form YYYY-MM (for example 2026-01)")
+    return raw
+
+
+def _share_env(name: str, default: float) -> float:
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw[:40]!r} is not a number (a share such as 0.01 for 1%)") from None
+    if not 0 <= value <= 1:
+        raise SettingsError(f"{name}={raw[:40]} must be a share between 0 and 1 (0.01 is 1%)")
+    return value
+
+
 def _bool_env(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -127,6 +156,9 @@ class Settings:
     process_workers: int | None = None  # None: one per CPU (at most 4) on PostgreSQL, 1 on SQLite
     settle_seconds: int = DEFAULT_SETTLE_SECONDS
     clock_skew_seconds: int = DEFAULT_CLOCK_SKEW_SECONDS
+    first_partition_month: str = DEFAULT_FIRST_PARTITION_MONTH
+    ui_base_url: str = DEFAULT_UI_BASE_URL
+    quarantine_warn_share: float = DEFAULT_QUARANTINE_WARN_SHARE
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -162,11 +194,19 @@ class Settings:
             clock_skew_seconds=_int_env(
                 "PROPERTY_PIPELINE_CLOCK_SKEW_SECONDS", DEFAULT_CLOCK_SKEW_SECONDS, minimum=0, maximum=DAY
             ),
+            first_partition_month=first_partition_month_from_env(),
+            ui_base_url=_http_url_env("PROPERTY_PIPELINE_UI_BASE_URL", DEFAULT_UI_BASE_URL) or DEFAULT_UI_BASE_URL,
+            quarantine_warn_share=_share_env("PROPERTY_PIPELINE_QUARANTINE_WARN_SHARE", DEFAULT_QUARANTINE_WARN_SHARE),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some values replaced (command-line flags win over the environment)."""
         return replace(self, **changes)
+
+
+def first_partition_month_from_env() -> str:
+    """PROPERTY_PIPELINE_FIRST_MONTH: read on its own because the Dagster partitions are built at import."""
+    return _month_env("PROPERTY_PIPELINE_FIRST_MONTH", DEFAULT_FIRST_PARTITION_MONTH)
 
 
 def default_db_url() -> str:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, func, select
+from sqlalchemy import Engine, and_, case, func, select, text
 
-from property_pipeline.db.schema import as_utc, file_properties, quarantined_records, utcnow
+from property_pipeline.db.schema import (
+    as_utc,
+    file_properties,
+    file_status_events,
+    metadata,
+    quarantined_records,
+    utcnow,
+)
 from property_pipeline.db.schema import batch_file_status as files
-from property_pipeline.states import FileStatus
+from property_pipeline.states import SETTLED, FileStatus
 
 
 @dataclass(frozen=True)
@@ -354,3 +361,162 @@ def month_quarantine(engine: Engine, month: str) -> MonthQuarantine:
         key=lambda item: (-item.records, item.kind),
     )
     return MonthQuarantine(month, sum(r.records for r in reasons), int(file_count), reasons)
+
+
+# --- Month health: what a month's files say about the month, for the Dagster UI and any other reader ---
+
+
+def is_settled(files_by_status: Mapping[str, int]) -> bool:
+    """True when every registered file of the month is settled (`states.SETTLED`: COMPLETED, or DISCARDED by an
+    operator); a month with no file is."""
+    return all(status in SETTLED for status, count in files_by_status.items() if count)
+
+
+@dataclass(frozen=True)
+class MonthHealth:
+    """A month's registered files by state, what its COMPLETED files delivered, and a change fingerprint."""
+
+    month: str
+    files_by_status: Mapping[str, int]
+    rows_delivered: int  # sum of success_count over the month's COMPLETED files (rows they delivered)
+    records_quarantined: int  # sum of error_count over the same files
+    duplicates: int  # files whose bytes equal an earlier original (COMPLETED, nothing to load)
+    archived: int  # in a verified retention archive
+    deleted: int  # removed from disk by retention on purpose
+    attempts: int  # processing claims over all files: moves on every claim, so on every retry
+    last_file_id: int  # newest registered file: with `files`, what the month's data version is made of
+
+    @property
+    def files(self) -> int:
+        return sum(self.files_by_status.values())
+
+    def count(self, status: str) -> int:
+        return self.files_by_status.get(status, 0)
+
+    @property
+    def settled(self) -> bool:
+        return is_settled(self.files_by_status)
+
+    @property
+    def quarantined_share(self) -> float:
+        """Quarantined records over all records of the month's COMPLETED files (0 when there are none)."""
+        seen = self.rows_delivered + self.records_quarantined
+        return self.records_quarantined / seen if seen else 0.0
+
+
+def month_health(engine: Engine, months: Sequence[str] | None = None) -> dict[str, MonthHealth]:
+    """{month: MonthHealth} of the given months (every month with a file when None); one grouped query.
+
+    A month without any registered file is absent from the result.
+    """
+    query = select(
+        files.c.month,
+        files.c.status,
+        func.count().label("files"),
+        func.coalesce(
+            func.sum(case((files.c.status == FileStatus.COMPLETED, files.c.success_count), else_=0)), 0
+        ).label("rows"),
+        func.coalesce(func.sum(case((files.c.status == FileStatus.COMPLETED, files.c.error_count), else_=0)), 0).label(
+            "errors"
+        ),
+        func.count(files.c.duplicate_of_file_id).label("duplicates"),
+        func.count(files.c.archived_at).label("archived"),
+        func.count(files.c.deleted_at).label("deleted"),
+        func.coalesce(func.sum(files.c.attempts), 0).label("attempts"),
+        func.max(files.c.file_id).label("last_file_id"),
+    ).group_by(files.c.month, files.c.status)
+    if months is not None:
+        if not months:
+            return {}
+        query = query.where(files.c.month.in_(sorted(set(months))))
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    totals: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        month = totals.setdefault(
+            row.month,
+            {"by_status": {}, "rows": 0, "errors": 0, "duplicates": 0, "archived": 0, "deleted": 0, "attempts": 0},
+        )
+        month["by_status"][row.status] = int(row.files)
+        for name in ("rows", "errors", "duplicates", "archived", "deleted", "attempts"):
+            month[name] += int(getattr(row, name) or 0)
+        month["last_file_id"] = max(month.get("last_file_id", 0), int(row.last_file_id or 0))
+    return {
+        name: MonthHealth(
+            month=name,
+            files_by_status=dict(sorted(month["by_status"].items())),
+            rows_delivered=month["rows"],
+            records_quarantined=month["errors"],
+            duplicates=month["duplicates"],
+            archived=month["archived"],
+            deleted=month["deleted"],
+            attempts=month["attempts"],
+            last_file_id=month["last_file_id"],
+        )
+        for name, month in sorted(totals.items())
+    }
+
+
+@dataclass(frozen=True)
+class FileEvent:
+    """One row of `file_status_events`, with the month of its file."""
+
+    event_id: int
+    month: str
+    actor: str | None
+    from_status: str | None
+    to_status: str
+    at: datetime
+
+
+def file_events_after(engine: Engine, after_event_id: int, limit: int) -> list[FileEvent]:
+    """At most `limit` status events with an id above `after_event_id`, oldest first (a primary-key range read)."""
+    query = (
+        select(
+            file_status_events.c.event_id,
+            files.c.month,
+            file_status_events.c.actor,
+            file_status_events.c.from_status,
+            file_status_events.c.to_status,
+            file_status_events.c.at,
+        )
+        .join(files, files.c.file_id == file_status_events.c.file_id)
+        .where(file_status_events.c.event_id > after_event_id)
+        .order_by(file_status_events.c.event_id)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [FileEvent(**row._mapping) for row in conn.execute(query)]
+
+
+def last_file_event_id(engine: Engine) -> int:
+    """The newest `file_status_events.event_id` (0 when there is none)."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.coalesce(func.max(file_status_events.c.event_id), 0))).scalar_one())
+
+
+# Above this many rows (by PostgreSQL's own estimate) the table's size is the estimate, not a count(*).
+EXACT_COUNT_MAX_ROWS = 5_000_000
+
+
+@dataclass(frozen=True)
+class TableRowCount:
+    rows: int
+    method: str  # "count(*)" or "estimate (pg_class.reltuples)"
+
+
+def table_row_count(engine: Engine, table_name: str = "properties") -> TableRowCount:
+    """The table's row count: `SELECT count(*)`, or on PostgreSQL the planner's estimate once it is very large.
+
+    A count(*) of a few million rows takes well under a second; past EXACT_COUNT_MAX_ROWS it reads
+    the whole table for seconds, so the estimate (kept current by autovacuum's ANALYZE) is used.
+    """
+    table = metadata.tables[table_name]
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            estimate = conn.execute(
+                text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(:name)"), {"name": table_name}
+            ).scalar()
+            if estimate is not None and estimate > EXACT_COUNT_MAX_ROWS:
+                return TableRowCount(int(estimate), "estimate (pg_class.reltuples)")
+        return TableRowCount(int(conn.execute(select(func.count()).select_from(table)).scalar_one()), "count(*)")

@@ -643,36 +643,53 @@ def mark_for_reprocessing(engine: Engine, actor: str, file_ids: Sequence[int], r
         return marked
 
 
-# Retention never changes `status`: it only records where a settled (COMPLETED or DISCARDED) file's bytes are.
+# Retention never changes `status`: it only records where a settled (COMPLETED or DISCARDED) file's bytes
+# are. Each change still leaves a row in `file_status_events` (from and to the same state), so a reader
+# of the events (the Dagster month sensor) sees that the month's files moved.
+RETENTION_ACTOR = "retention"
+
+
+def _record_same_state(conn: Connection, rows: Sequence[Row[Any]], detail: str) -> None:
+    """One event per (file_id, status) row, from and to that state: retention moved bytes, not states."""
+    for state in sorted({row.status for row in rows}):
+        _record_events(
+            conn, [row.file_id for row in rows if row.status == state], state, state, RETENTION_ACTOR, detail
+        )
 
 
 def record_archived(conn: Connection, file_ids: Sequence[int], archive_name: str) -> int:
     """In the caller's transaction: these settled files are inside the verified archive `archive_name`."""
-    result = conn.execute(
+    rows = conn.execute(
         update(files)
         .where(files.c.file_id.in_(list(file_ids)), files.c.status.in_(sorted(SETTLED)))
         .values(archived_at=utcnow(), archive_name=archive_name)
-    )
-    return result.rowcount
+        .returning(files.c.file_id, files.c.status)
+    ).all()
+    _record_same_state(conn, sorted(rows, key=lambda row: row.file_id), f"archived in {archive_name}")
+    return len(rows)
 
 
 def record_deleted(engine: Engine, file_id: int) -> bool:
     """Retention removed a settled file from disk; the first deletion time is kept (False if already set)."""
     with engine.begin() as conn:
-        result = conn.execute(
+        rows = conn.execute(
             update(files)
             .where(files.c.file_id == file_id, files.c.status.in_(sorted(SETTLED)), files.c.deleted_at.is_(None))
             .values(deleted_at=utcnow())
-        )
-        return result.rowcount == 1
+            .returning(files.c.file_id, files.c.status)
+        ).all()
+        _record_same_state(conn, rows, "deleted from disk by retention")
+        return len(rows) == 1
 
 
 def record_restored(engine: Engine, file_ids: Sequence[int]) -> int:
     """`restore` put the files back on disk: clear `deleted_at`, keep `archived_at`/`archive_name` as history."""
     with engine.begin() as conn:
-        result = conn.execute(
+        rows = conn.execute(
             update(files)
             .where(files.c.file_id.in_(list(file_ids)), files.c.deleted_at.is_not(None))
             .values(deleted_at=None)
-        )
-        return result.rowcount
+            .returning(files.c.file_id, files.c.status)
+        ).all()
+        _record_same_state(conn, sorted(rows, key=lambda row: row.file_id), "restored from its archive")
+        return len(rows)

@@ -46,9 +46,10 @@ class PropertiesFrameIOManager(dg.ConfigurableIOManager):
         context.log.info(f"read {len(frame):,} properties ({len(frame.columns)} columns) of {label}")
         if months is not None and len(months) == 1:
             # Shown on the run's "Loaded input" event, and as an observation of that month of `properties`.
+            # Not `dagster/row_count`: that is the properties table's size, set by `properties` itself.
             # Dagster 1.13 cannot attach input metadata to an input of several partitions (it fails
             # looking for the one partition key), so a range reports its count in the log line above.
-            context.add_input_metadata({"dagster/row_count": len(frame), "month": months[0]})
+            context.add_input_metadata({"properties_read": len(frame), "month": months[0]})
         return frame
 
 

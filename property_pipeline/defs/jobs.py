@@ -29,3 +29,26 @@ retry_failed_months_job = dg.define_asset_job(
     description="Load a month's PENDING files and retry its FAILED ones. Backfill it over the failed months: "
     "`dagster job backfill -w workspace.yaml -j retry_failed_months --from 2026-01 --to 2026-11 --noprompt`.",
 )
+
+# Reprocessing as a backfill: the same asset with `reprocess` preset; a backfill of this job over a range
+# of months loads their COMPLETED files again. The reason defaults to the run's id; set `reason` in the
+# launchpad to record why.
+reprocess_months_job = dg.define_asset_job(
+    "reprocess_months",
+    selection=dg.AssetSelection.assets(properties),
+    config={"ops": {"properties": {"config": {"reprocess": True}}}},
+    description="Load a month's COMPLETED files again from their raw payload files (after a rule, mapping or bug "
+    "was fixed). Backfill it over the months: "
+    "`dagster job backfill -w workspace.yaml -j reprocess_months --from 2026-01 --to 2026-11 --noprompt`.",
+)
+
+# What the month sensor launches for a month whose files FAILED outside Dagster (the CLI, another
+# process): only a failed run gives a partition the Failed state in Dagster 1.13, runless events cannot.
+# It processes nothing: it records the month's state from the database, then fails while files are FAILED.
+record_month_state_job = dg.define_asset_job(
+    "record_month_state",
+    selection=dg.AssetSelection.assets(properties),
+    config={"ops": {"properties": {"config": {"record_only": True}}}},
+    description="Record a month's state from the database without processing anything: materialized when every "
+    "file is COMPLETED, failed (with the files' errors) otherwise. Launched by month_state_sensor.",
+)

@@ -9,11 +9,14 @@ month that is summarised again shows the next one as needing an update (its chan
 
 import dagster as dg
 import pandas as pd
+from dagster._core.definitions.metadata import RawMetadataValue
 from sqlalchemy.dialects import postgresql
 
+from property_pipeline.db.queries import table_row_count
 from property_pipeline.db.schema import property_market_summary as summary_table
 from property_pipeline.defs.metadata import markdown_table
 from property_pipeline.defs.partitions import monthly_partitions
+from property_pipeline.defs.raw_payloads import OWNERS
 from property_pipeline.defs.resources import PipelineDatabase
 from property_pipeline.market_summary import month_overview, previous_month, read_summary, replace_summary, summarise
 
@@ -37,7 +40,9 @@ SUMMARY_SCHEMA = dg.TableSchema(
     ins={"properties": dg.AssetIn(dg.AssetKey("properties"))},
     deps=[dg.AssetDep(SUMMARY_KEY, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1))],
     group_name=ANALYTICS_GROUP,
-    kinds={"pandas", "sql"},
+    owners=OWNERS,
+    tags={"layer": "analytics"},
+    kinds={"pandas", "table"},  # and the database's kind, added in definitions.py
     metadata={"dagster/table_name": "property_market_summary", "dagster/column_schema": SUMMARY_SCHEMA},
     description=(
         "Per state and property type, for the month's properties: count, quartiles and median of "
@@ -58,14 +63,18 @@ def property_market_summary(
         f"{month}: {len(properties):,} properties in {written} groups; previous month "
         f"{'summarised' if len(previous) else 'not summarised: changes are null'}"
     )
-    return dg.MaterializeResult(metadata=summary_metadata(summary, overall, has_previous=len(previous) > 0))
+    metadata = summary_metadata(summary, overall, has_previous=len(previous) > 0)
+    # The table's size where Dagster shows it; this month's groups are `groups`.
+    metadata["dagster/row_count"] = table_row_count(database.engine, "property_market_summary").rows
+    return dg.MaterializeResult(metadata=metadata)
 
 
-def summary_metadata(summary: pd.DataFrame, overall: dict[str, object], *, has_previous: bool) -> dict[str, object]:
+def summary_metadata(
+    summary: pd.DataFrame, overall: dict[str, object], *, has_previous: bool
+) -> dict[str, RawMetadataValue]:
     """The table of groups, and the month's numbers as plain floats and ints (the UI plots those over months)."""
     numbers = {name: _number(value) for name, value in overall.items()}
     return {
-        "dagster/row_count": len(summary),
         "groups": len(summary),
         **{name: value for name, value in numbers.items() if value is not None},
         "previous_month_summarised": has_previous,

@@ -15,11 +15,10 @@ import time
 
 import dagster as dg
 
-from property_pipeline.defs.jobs import capture_job, processing_job, retry_failed_months_job
+from property_pipeline.defs.jobs import record_month_state_job
 from property_pipeline.defs.properties import properties
-from property_pipeline.defs.raw_payloads import GROUP, raw_property_payloads
+from property_pipeline.defs.raw_payloads import GROUP, OWNERS, raw_property_payloads
 from property_pipeline.defs.resources import PipelineDatabase
-from property_pipeline.defs.retention import retention_job
 from property_pipeline.monitoring.alerts import Alert, WebhookNotifier, current_alerts, raise_alerts
 from property_pipeline.monitoring.report import build_status_report, render_markdown
 
@@ -30,13 +29,17 @@ DEFAULT_PENDING_ALERT_SECONDS = 24 * 3600  # as Settings.pending_alert_age_secon
 # Sensor ticks time out after 60 s: stop starting deliveries after this many seconds. One delivery
 # takes at most attempts x timeout + backoff (3 x 5 s + 1.5 s), so a tick ends well within the limit.
 DELIVERY_BUDGET_SECONDS = 25.0
-MONITORED_JOBS = [capture_job, processing_job, retry_failed_months_job, retention_job]
+DEFAULT_UI_BASE_URL = "http://127.0.0.1:3000"  # as Settings.ui_base_url
+# Its runs fail by design while a month holds FAILED files, and each such file has its own alert already.
+NOT_ALERTED_JOBS = frozenset({record_month_state_job.name})
 
 
 @dg.asset(
     group_name=GROUP,
     deps=[raw_property_payloads, properties],
-    kinds={"sql"},
+    owners=OWNERS,
+    tags={"layer": "monitoring"},
+    kinds={"markdown"},  # and the database's kind, added in definitions.py: it reads the status table
     description=(
         "Processing status at a glance, for every month and campaign: files by status, records loaded and "
         "quarantined, the oldest PENDING file's age, the latest errors and the slowest files (the `report` "
@@ -144,28 +147,52 @@ def build_alert_sensor(
     return property_alerts_sensor
 
 
-def build_run_failure_sensor(*, webhook_url: str | None) -> dg.SensorDefinition:
-    """A run-failure sensor for the pipeline's jobs: logs the failure and POSTs it to the webhook if one is set."""
+def build_run_failure_sensor(
+    *,
+    webhook_url: str | None,
+    ui_base_url: str = DEFAULT_UI_BASE_URL,
+    delivery_budget_seconds: float = DELIVERY_BUDGET_SECONDS,
+) -> dg.SensorDefinition:
+    """A run-failure sensor for every job of the code location, the implicit asset job included.
+
+    No `monitored_jobs`: Dagster then watches every run of this code location, including `__ASSET_JOB`
+    (the UI's Materialize button and asset backfills), which a list of named jobs cannot name. Each
+    failure is recorded once in the `alerts` table (key `run_failure:<run id>`), then delivered with
+    the other waiting alerts; the message links to the run under PROPERTY_PIPELINE_UI_BASE_URL.
+    """
+    base = ui_base_url.rstrip("/")
 
     @dg.run_failure_sensor(
         name=RUN_FAILURE_SENSOR_NAME,
-        monitored_jobs=MONITORED_JOBS,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Posts a message to the alert webhook when a run of capture_payloads, process_payloads, "
-        "retry_failed_months or retention_job fails.",
+        description="Alerts once for every failed run of this code location (named jobs, the UI's Materialize "
+        f"button and backfills), with a link to the run under {base}; logged here and POSTed to the webhook "
+        f"({'set' if webhook_url else 'not set: PROPERTY_PIPELINE_ALERT_WEBHOOK_URL'}). record_month_state runs "
+        "are left out: their month's FAILED files have their own alerts.",
     )
-    def property_run_failure_sensor(context: dg.RunFailureSensorContext) -> None:
+    def property_run_failure_sensor(context: dg.RunFailureSensorContext, database: PipelineDatabase) -> None:
         run = context.dagster_run
+        if run.job_name in NOT_ALERTED_JOBS:
+            return
         month = run.tags.get("dagster/partition", "")
         error = context.failure_event.message or "run failed"
+        what = "a Materialize or backfill run" if run.job_name == "__ASSET_JOB" else f"job {run.job_name}"
         message = (
-            f"run {run.run_id[:8]} of job {run.job_name}{f' (month {month})' if month else ''} failed: {error[:300]} "
-            f"See the run in the Dagster UI: /runs/{run.run_id}"
+            f"run {run.run_id[:8]} ({what}){f' of month {month}' if month else ''} failed: {error[:300]} "
+            f"See the run: {base}/runs/{run.run_id}"
         )
-        context.log.warning(message)
+        alert = Alert(f"run_failure:{run.run_id}", "run_failure", None, month, message)
+        engine = database.engine
+        if not raise_alerts(engine, [alert], None).raised:
+            return  # alerted already (a tick that ran again after a crash)
+        context.log.warning(f"ALERT run_failure: {message}")
         if webhook_url:
-            alert = Alert(f"run_failure:{run.run_id}", "run_failure", None, month, message)
-            if not WebhookNotifier(webhook_url).deliver(alert):
-                context.log.warning("alert webhook unreachable: the run failure was not delivered")
+            notifier = _BudgetedNotifier(webhook_url, time.monotonic() + delivery_budget_seconds)
+            try:
+                sent = raise_alerts(engine, [], notifier)
+                if sent.undelivered:
+                    context.log.warning("alert webhook unreachable: the alert sensor delivers it later")
+            except _OutOfTime:
+                context.log.warning("alert webhook slow: the alert sensor delivers the rest later")
 
     return property_run_failure_sensor

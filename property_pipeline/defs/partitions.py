@@ -6,9 +6,12 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from property_pipeline.settings import first_partition_month_from_env
 from property_pipeline.store.layout import month_of
 
-FIRST_MONTH = "2026-01"
+# PROPERTY_PIPELINE_FIRST_MONTH (default 2026-01): read when the code location loads, because every
+# partitioned asset and check is built from this one definition at import. Older folders have no partition.
+FIRST_MONTH = first_partition_month_from_env()
 
 # end_offset=1 adds the current (unfinished) month: capture writes into it. start_date is parsed
 # with fmt, so it is written as a month too. Months are UTC, like the payload folders.

@@ -1,37 +1,60 @@
-"""`raw_property_payloads`: a month's folder of payload files, captured from the API or dropped in by others."""
+"""`raw_property_payloads`: a month's folder of payload files, captured from the API or dropped in by others.
+
+A materialization carries a data version made of the month's registered files, so a capture or a
+registration that found nothing new records a materialization whose data version is unchanged and
+whose `files_new` is 0: `properties` downstream is not flagged as having newer upstream data. A
+capture that did not finish (the API down, a key refused) fails the step without a materialization;
+what it stored is recorded on an observation and stays registered.
+"""
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import dagster as dg
 from pydantic import Field
 from sqlalchemy import Engine
 
-from property_pipeline.capture import CampaignConfigError, CaptureReport, capture_campaigns
-from property_pipeline.db.queries import campaign_totals
+from property_pipeline.capture import Campaign, CampaignConfigError, CaptureReport, capture_campaigns
 from property_pipeline.defs.metadata import markdown_table
+from property_pipeline.defs.month_state import RAW_KEY, health_of, payload_metadata, raw_data_version
 from property_pipeline.defs.partitions import current_month, monthly_partitions
 from property_pipeline.defs.resources import CampaignCatalog, PayloadStore, PipelineDatabase, PropertyApi
-from property_pipeline.registration import RegistrationReport, register_unregistered
+from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
 
 GROUP = "property_pipeline"
+OWNERS = ["team:data-engineering"]
+CAMPAIGN_TAG = "property_pipeline/campaign"  # a run tag naming the one campaign a capture run fetches
+CAPTURE_CRON = "0 6 * * *"  # 06:00 UTC every day: the capture schedule
+# The daily capture (06:00) is expected to have landed by 08:00 UTC; older than that, the asset is not fresh.
+FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 8 * * *", lower_bound_delta=timedelta(hours=2))
 
 
 class CaptureConfig(dg.Config):
-    """How far a capture of the current month goes."""
+    """What a capture of the current month fetches."""
 
+    campaign: str | None = Field(
+        default=None,
+        description="Capture only this campaign id of the campaigns file (enabled or not). Default: every enabled "
+        f"campaign. The run tag {CAMPAIGN_TAG} does the same.",
+    )
     max_pages: int | None = Field(default=None, ge=1, description="Stop each campaign after this many pages.")
     resume: bool = Field(default=False, description="Continue each campaign's last unfinished capture.")
 
 
 @dg.asset(
+    key=RAW_KEY,
     partitions_def=monthly_partitions,
     group_name=GROUP,
-    kinds={"json"},
+    owners=OWNERS,
+    tags={"layer": "raw", "source": "property-search-api"},
+    kinds={"json", "file"},
+    freshness_policy=FRESHNESS,
     description=(
         "The month's folder of immutable API pages, logs/property_payloads/YYYY-MM/. Materializing the "
-        "current month captures every enabled campaign of the campaigns file; any month registers the "
-        "files on disk that the database does not know yet (PENDING). No property row is written."
+        "current month captures every enabled campaign of the campaigns file (or one: config `campaign`, or "
+        f"the run tag {CAMPAIGN_TAG}); any month registers the files on disk that the database does not know "
+        "yet (PENDING). No property row is written. Its data version names the month's registered files."
     ),
 )
 def raw_property_payloads(
@@ -41,13 +64,15 @@ def raw_property_payloads(
     database: PipelineDatabase,
     property_api: PropertyApi,
     campaigns: CampaignCatalog,
-) -> Iterator[dg.MaterializeResult]:
+) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
     month = context.partition_key
     root, engine = payload_store.root(), database.engine
+    before = health_of(engine, month)
+    campaign = config.campaign or context.run.tags.get(CAMPAIGN_TAG)
     captures: list[CaptureReport] = []
     failures: list[str] = []
     if month == current_month():
-        captures, failures = _capture_enabled_campaigns(context, engine, root, property_api, campaigns, config)
+        captures, failures = _capture(context, engine, root, property_api, campaigns, config, campaign)
     else:
         context.log.info(f"{month} is a past month: nothing is captured; the files on disk are registered and reported")
     registration = register_unregistered(
@@ -55,26 +80,35 @@ def raw_property_payloads(
     )
     for path, reason in registration.skipped:
         context.log.warning(f"not registered: {path}: {reason}")
-    yield dg.MaterializeResult(metadata=month_metadata(engine, month, captures, registration))
+    after = health_of(engine, month)
+    metadata = payload_metadata(
+        engine, after, captures=captures, registration=registration, files_new=after.files - before.files
+    )
     if failures:
-        # The pages stored so far are registered and reported above; the run still fails so it is noticed.
+        # No materialization: the month's capture did not finish. What it stored is registered and recorded here.
+        yield dg.AssetObservation(asset_key=RAW_KEY, partition=month, metadata=metadata)
         raise dg.Failure(
-            description=f"{len(failures)} campaign(s) of {month} were not captured completely",
+            description=f"{len(failures)} campaign(s) of {month} were not captured completely; "
+            f"{metadata['files_new']} new files were stored and registered (rerun with resume: true)",
             metadata={"errors": markdown_table(["error"], [[failure] for failure in failures])},
+            allow_retries=False,
         )
+    context.log.info(f"{month}: {metadata['files_new']} new files; data version {raw_data_version(after)}")
+    yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(raw_data_version(after)))
 
 
-def _capture_enabled_campaigns(
+def _capture(
     context: dg.AssetExecutionContext,
     engine: Engine,
     root: PayloadRoot,
     property_api: PropertyApi,
     campaigns: CampaignCatalog,
     config: CaptureConfig,
+    campaign: str | None,
 ) -> tuple[list[CaptureReport], list[str]]:
-    """Capture every enabled campaign; one campaign's failure does not stop the others."""
+    """Capture every enabled campaign, or the one named; one campaign's failure does not stop the others."""
     try:
-        enabled = campaigns.enabled()
+        chosen: list[Campaign] = [campaigns.named(campaign)] if campaign else campaigns.enabled()
     except CampaignConfigError as error:
         return [], [str(error)]
 
@@ -85,43 +119,8 @@ def _capture_enabled_campaigns(
 
     with property_api.client() as client:
         done = capture_campaigns(
-            engine, root, client, enabled, max_pages=config.max_pages, resume=config.resume, on_report=log_report
+            engine, root, client, chosen, max_pages=config.max_pages, resume=config.resume, on_report=log_report
         )
     for failure in done.failures:
         context.log.error(failure)
     return done.reports, done.failures
-
-
-def month_metadata(
-    engine: Engine, month: str, captures: list[CaptureReport], registration: RegistrationReport
-) -> dict[str, object]:
-    """What the month's folder holds (files, records, bytes, a table per campaign) and what this run added."""
-    totals = campaign_totals(engine, month)
-    pages = {report.campaign_id: report.pages for report in captures}
-    return {
-        "files": sum(t.files for t in totals),
-        "records": sum(t.records for t in totals),
-        "bytes": sum(t.bytes for t in totals),
-        "campaigns": markdown_table(
-            ["campaign", "files", "records", "bytes", "pending", "processing", "completed", "failed", "pages captured"],
-            [
-                [
-                    t.campaign_id,
-                    t.files,
-                    t.records,
-                    t.bytes,
-                    t.pending,
-                    t.processing,
-                    t.completed,
-                    t.failed,
-                    pages.get(t.campaign_id, 0),
-                ]
-                for t in totals
-            ],
-        ),
-        "pages_captured": sum(report.pages for report in captures),
-        "records_captured": sum(report.records for report in captures),
-        "files_registered_from_disk": len(registration.registered),
-        "duplicates_recorded": len(registration.duplicates),
-        "files_skipped": markdown_table(["path", "reason"], registration.skipped),
-    }

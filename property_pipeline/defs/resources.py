@@ -16,7 +16,7 @@ from pydantic import Field, PrivateAttr
 from sqlalchemy import Engine
 
 from property_pipeline.api.client import PropertySearchClient
-from property_pipeline.capture import Campaign, load_campaigns
+from property_pipeline.capture import Campaign, CampaignConfigError, load_campaigns
 from property_pipeline.db.engine import create_db_engine, ensure_schema
 from property_pipeline.registration import DropInRules
 from property_pipeline.settings import (
@@ -26,6 +26,7 @@ from property_pipeline.settings import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_PAGE_DEADLINE_SECONDS,
     DEFAULT_PAGE_SIZE,
+    DEFAULT_QUARANTINE_WARN_SHARE,
     DEFAULT_RETENTION_MONTHS,
     DEFAULT_SETTLE_SECONDS,
     Settings,
@@ -127,6 +128,15 @@ class CampaignCatalog(dg.ConfigurableResource):
         """The enabled campaigns, in file order."""
         return [campaign for campaign in load_campaigns(Path(self.path)) if campaign.enabled]
 
+    def named(self, campaign_id: str) -> Campaign:
+        """The campaign with this id, enabled or not (naming it is asking for it); CampaignConfigError if absent."""
+        campaigns = load_campaigns(Path(self.path))
+        for campaign in campaigns:
+            if campaign.campaign_id == campaign_id:
+                return campaign
+        known = ", ".join(c.campaign_id for c in campaigns) or "none"
+        raise CampaignConfigError(f"campaign {campaign_id!r} is not in {self.path} (campaigns there: {known})")
+
 
 class RetentionPolicy(dg.ConfigurableResource):
     """How many months of payload files stay on disk, and whether older ones are archived before deletion."""
@@ -139,9 +149,30 @@ class RetentionPolicy(dg.ConfigurableResource):
     archive: bool = Field(default=True, description="Archive and verify before deleting (PROPERTY_PIPELINE_ARCHIVE).")
 
 
-def _env_or(name: str, default: str | None) -> str | None:
+class QuarantinePolicy(dg.ConfigurableResource):
+    """How much of a month's records may be quarantined before its quarantine check warns."""
+
+    warn_share: float = Field(
+        default=DEFAULT_QUARANTINE_WARN_SHARE,
+        ge=0,
+        le=1,
+        description="Warn above this share of a month's records (PROPERTY_PIPELINE_QUARANTINE_WARN_SHARE; 0.01 = 1%).",
+    )
+
+
+def database_kind(url: str) -> str:
+    """The kind Dagster shows for assets stored in the pipeline database: `postgres` or `sqlite`."""
+    return "sqlite" if url.startswith("sqlite") else "postgres"
+
+
+def _env_or(name: str, default: str) -> str:
     """`dg.EnvVar(name)` when the variable is set (resolved in the run, hidden in the UI), else the default."""
     return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def _env_or_none(name: str) -> str | None:
+    """`dg.EnvVar(name)` when the variable is set, else None (a setting that may be absent, such as a key)."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
 
 
 def database_resources(url: str, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> dict[str, Any]:
@@ -173,7 +204,7 @@ def pipeline_resources(settings: Settings) -> dict[str, Any]:
         **database_resources(_env_or("PROPERTY_PIPELINE_DB_URL", settings.db_url), settings.lease_seconds),
         "property_api": PropertyApi(
             base_url=settings.api_base_url,
-            api_key=_env_or("PROPERTY_API_KEY", None),
+            api_key=_env_or_none("PROPERTY_API_KEY"),
             page_size=settings.page_size,
             max_attempts=settings.api_max_attempts,
             page_deadline_seconds=settings.api_page_deadline_seconds,
@@ -181,4 +212,5 @@ def pipeline_resources(settings: Settings) -> dict[str, Any]:
         ),
         "campaigns": CampaignCatalog(path=str(settings.campaigns_file)),
         "retention_policy": RetentionPolicy(keep_months=settings.retention_months, archive=settings.archive_enabled),
+        "quarantine_policy": QuarantinePolicy(warn_share=settings.quarantine_warn_share),
     }

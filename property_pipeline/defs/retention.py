@@ -7,9 +7,11 @@ or not) comes from the `retention_policy` resource, i.e. from the settings.
 from collections.abc import Iterator
 
 import dagster as dg
+from dagster._core.definitions.metadata import RawMetadataValue
 from pydantic import Field
 
 from property_pipeline.defs.metadata import markdown_table
+from property_pipeline.defs.month_state import health_of, payload_metadata
 from property_pipeline.defs.partitions import is_partition
 from property_pipeline.defs.raw_payloads import raw_property_payloads
 from property_pipeline.defs.resources import PayloadStore, PipelineDatabase, RetentionPolicy
@@ -46,6 +48,7 @@ def apply_retention_policy(
                     asset_key=raw_property_payloads.key,
                     partition=month.month,
                     metadata={
+                        **payload_metadata(engine, health_of(engine, month.month)),
                         "retention_archive": month.archive_name or "",
                         "retention_files_deleted": len(month.deleted) + len(month.healed),
                         "retention_bytes_deleted": month.bytes_deleted,
@@ -61,7 +64,9 @@ def apply_retention_policy(
         )
 
 
-def retention_summary(plan: RetentionPlan, report: RetentionReport | None, archive: bool) -> dict[str, object]:
+def retention_summary(
+    plan: RetentionPlan, report: RetentionReport | None, archive: bool
+) -> dict[str, RawMetadataValue]:
     """The run summary: the plan per month and, unless a dry run, what was archived and deleted."""
     done = {m.month: m for m in report.months} if report else {}
     rows = [

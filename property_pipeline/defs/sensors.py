@@ -7,10 +7,10 @@ even listed. The database, not the cursor, records what is registered: files at 
 re-checked against it, never registered twice. Each tick registers at most `max_files_per_tick`
 files and continues from the cursor on the next tick.
 
-For each month that got files the sensor reports an AssetMaterialization of `raw_property_payloads`
-rather than an observation: the partition's contents did change (new registered files), so a month
-fed only by other systems shows as materialized, and `properties` of that month shows newer upstream
-data, which is exactly the hint that it needs processing.
+The sensor reports nothing to Dagster itself: each registration is a row in `file_status_events`,
+and `month_state_sensor` (defs/month_sensor.py) reports it, like any other change to a month, as a
+materialization of that month of `raw_property_payloads`. Its tick result says what it did
+("registered 9 files in 2026-11"); Dagster labels a tick that requested no run "Skipped" whatever it did.
 """
 
 import json
@@ -24,7 +24,6 @@ import dagster as dg
 from property_pipeline.defs.jobs import processing_job
 from property_pipeline.defs.partitions import is_partition
 from property_pipeline.defs.properties import properties
-from property_pipeline.defs.raw_payloads import month_metadata, raw_property_payloads
 from property_pipeline.defs.resources import PayloadStore, PipelineDatabase
 from property_pipeline.registration import RegistrationReport, register_paths, scan_new_files
 from property_pipeline.settings import DEFAULT_SENSOR_MAX_FILES
@@ -86,13 +85,6 @@ def build_registration_sensor(
         for path, reason in report.skipped:
             context.log.warning(f"not registered: {path}: {reason}")
         by_month = _split_by_month(report)
-        events = [
-            dg.AssetMaterialization(
-                asset_key=raw_property_payloads.key, partition=month, metadata=month_metadata(engine, month, [], part)
-            )
-            for month, part in by_month.items()
-            if (part.registered or part.duplicates) and is_partition(month)
-        ]
         requests = []
         if auto_process:
             requests = [
@@ -105,15 +97,33 @@ def build_registration_sensor(
             f"skipped; {scan.folders_listed} month folders listed in {time.monotonic() - started:.2f}s"
             + ("; more next tick" if scan.more else "")
         )
-        skip = None if scan.paths else "no new payload files"
         return dg.SensorResult(
             run_requests=requests,
-            asset_events=events,
             cursor=RegistrationCursor(scan.watermark_ns).dump(),
-            skip_reason=skip,
+            skip_reason=None if requests else tick_summary(by_month, more=scan.more),
         )
 
     return payload_registration_sensor
+
+
+def tick_summary(by_month: dict[str, RegistrationReport], *, more: bool = False) -> str:
+    """What the tick did, per month: "registered 9 files in 2026-11; registered 1 file, skipped 1 file in 2026-10"."""
+    phrases = []
+    for month, part in by_month.items():
+        done = [
+            f"{verb} {len(items)} {noun}{'' if len(items) == 1 else 's'}"
+            for items, verb, noun in (
+                (part.registered, "registered", "file"),
+                (part.duplicates, "recorded", "duplicate"),
+                (part.skipped, "skipped", "file"),
+            )
+            if items
+        ]
+        if done:
+            phrases.append(f"{', '.join(done)} in {month}")
+    if not phrases:
+        return "no new payload files"
+    return "; ".join(phrases) + ("; more next tick" if more else "")
 
 
 def _split_by_month(report: RegistrationReport) -> dict[str, RegistrationReport]:

@@ -20,6 +20,7 @@ from property_pipeline.defs.resources import (
     CampaignCatalog,
     PayloadStore,
     PropertyApi,
+    QuarantinePolicy,
     RetentionPolicy,
     database_resources,
 )
@@ -68,6 +69,7 @@ def resources(db_url: str, root: PayloadRoot, campaigns_file: Path) -> dict[str,
         "property_api": PropertyApi(base_url=UNUSED_API, page_size=20),
         "campaigns": CampaignCatalog(path=str(campaigns_file)),
         "retention_policy": RetentionPolicy(keep_months=2, archive=True),
+        "quarantine_policy": QuarantinePolicy(),
     }
 
 

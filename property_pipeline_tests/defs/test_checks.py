@@ -1,4 +1,5 @@
-"""Asset checks fail on the month's real problems, name the offending files, and block where they should."""
+"""Asset checks give one verdict per month: they fail on that month's real problems, name the offending files,
+and block where they should."""
 
 from __future__ import annotations
 
@@ -8,13 +9,21 @@ from datetime import timedelta
 from typing import Any
 
 import dagster as dg
+from dagster._core.storage.event_log.base import PartitionKeyFilter
 from sqlalchemy import Engine, delete, select, update
 
 from property_pipeline.db import status
 from property_pipeline.db.schema import batch_file_status, file_properties, utcnow
-from property_pipeline.defs.checks import no_failed_files, no_stuck_files, payload_files_intact, row_counts_agree
+from property_pipeline.defs.checks import (
+    no_failed_files,
+    no_stuck_files,
+    payload_files_intact,
+    quarantine_rate_acceptable,
+    row_counts_agree,
+)
 from property_pipeline.defs.properties import properties
 from property_pipeline.defs.raw_payloads import raw_property_payloads
+from property_pipeline.defs.resources import QuarantinePolicy
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
@@ -26,19 +35,21 @@ from property_pipeline_tests.defs.conftest import (
     statuses,
     write_month,
 )
+from property_pipeline_tests.factories import make_page, make_record
 
 
 def run_checks_alone(
-    checks: list[Any], resources: dict[str, Any], instance: dg.DagsterInstance
+    checks: list[Any], month: str, resources: dict[str, Any], instance: dg.DagsterInstance
 ) -> dg.ExecuteInProcessResult:
-    """What the UI's "Execute" on a check does: a run of only the checks, outside any partition."""
-    return dg.materialize(
-        ALL_ASSETS_AND_CHECKS,
-        selection=dg.AssetSelection.checks(*checks),
+    """What the UI's "Execute" on a check does: a run of only the checks, for the month picked."""
+    job = dg.Definitions(
+        assets=ALL_ASSETS_AND_CHECKS[:2],
+        asset_checks=ALL_ASSETS_AND_CHECKS[2:],
+        jobs=[dg.define_asset_job("checks_alone", selection=dg.AssetSelection.checks(*checks))],
         resources=resources,
-        instance=instance,
-        raise_on_error=False,
-    )
+    ).resolve_job_def("checks_alone")
+    # The UI launches it with the month as the run's partition tag (a job of checks only has no partitions of its own).
+    return job.execute_in_process(tags={"dagster/partition": month}, instance=instance, raise_on_error=False)
 
 
 def test_a_tampered_payload_fails_the_checksum_check_and_blocks_processing_in_the_same_run(
@@ -54,6 +65,7 @@ def test_a_tampered_payload_fails_the_checksum_check_and_blocks_processing_in_th
     check = checks_by_name(result)["payload_files_intact"]
     values = metadata_values(check)
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.partition == "2026-03" and values["month"] == "2026-03"
     assert (values["files_checked"], values["problems"]) == (2, 1)
     assert tampered.relative_path in values["offending_files"] and "checksum mismatch" in values["offending_files"]
     assert intact.relative_path not in values["offending_files"]
@@ -109,7 +121,7 @@ def test_a_file_stuck_past_its_lease_is_a_warning_that_names_it_and_its_worker(
     with engine.begin() as conn:
         conn.execute(update(batch_file_status).values(locked_until=utcnow() - timedelta(minutes=5)))
 
-    result = run_checks_alone([no_stuck_files], resources, instance)
+    result = run_checks_alone([no_stuck_files], "2026-03", resources, instance)
 
     (check,) = result.get_asset_check_evaluations()
     values = metadata_values(check)
@@ -118,7 +130,7 @@ def test_a_file_stuck_past_its_lease_is_a_warning_that_names_it_and_its_worker(
     assert stuck.relative_path in values["offending_files"] and "crashed-worker" in values["offending_files"]
 
 
-def test_checks_run_on_their_own_cover_every_month(
+def test_a_check_run_for_one_month_checks_that_month_only_and_records_its_verdict_under_it(
     engine: Engine, root: PayloadRoot, resources: dict[str, Any], instance: dg.DagsterInstance
 ) -> None:
     march = write_month(root, "2026-03", files=1)[0]
@@ -128,17 +140,59 @@ def test_checks_run_on_their_own_cover_every_month(
         stored.path.rename(stored.path.with_name(".gone"))  # reused name: both months lose their file
         PayloadProcessor(engine, root).run(month=stored.month)
         stored.path.with_name(".gone").rename(stored.path)
+    write_month(root, "2026-05", files=1)
+    register_unregistered(engine, root, "test")
+    PayloadProcessor(engine, root).run(month="2026-05")
 
-    result = run_checks_alone([payload_files_intact, row_counts_agree, no_failed_files], resources, instance)
-
-    checks = checks_by_name(result)
-    failed = metadata_values(checks["no_failed_files"])
-    assert not checks["no_failed_files"].passed and failed["month"] == "all months" and failed["failed_files"] == 2
-    assert march.relative_path in failed["offending_files"] and april.relative_path in failed["offending_files"]
-    assert (
-        checks["payload_files_intact"].passed and metadata_values(checks["payload_files_intact"])["files_checked"] == 2
+    march_result = run_checks_alone(
+        [payload_files_intact, row_counts_agree, no_failed_files], "2026-03", resources, instance
     )
-    assert checks["row_counts_agree"].passed
+    may_result = run_checks_alone([no_failed_files], "2026-05", resources, instance)
+
+    checks = checks_by_name(march_result)
+    failed = metadata_values(checks["no_failed_files"])
+    assert {check.partition for check in checks.values()} == {"2026-03"}
+    assert not checks["no_failed_files"].passed and failed["month"] == "2026-03" and failed["failed_files"] == 1
+    assert march.relative_path in failed["offending_files"] and april.relative_path not in failed["offending_files"]
+    assert (
+        checks["payload_files_intact"].passed and metadata_values(checks["payload_files_intact"])["files_checked"] == 1
+    )
+    (may,) = may_result.get_asset_check_evaluations()
+    assert may.passed and may.partition == "2026-05"
+
+    # Each month keeps its own verdict: the latest one of March is a failure, of May a pass.
+    key = dg.AssetCheckKey(properties.key, "no_failed_files")
+    latest = {
+        month: instance.event_log_storage.get_asset_check_execution_history(
+            key, limit=1, partition_filter=PartitionKeyFilter(key=month)
+        )[0]
+        for month in ("2026-03", "2026-05")
+    }
+    assert latest["2026-03"].run_id == march_result.run_id and latest["2026-05"].run_id == may_result.run_id
+    assert latest["2026-03"].event.dagster_event.event_specific_data.passed is False
+    assert latest["2026-05"].event.dagster_event.event_specific_data.passed is True
+
+
+def test_a_month_with_too_many_quarantined_records_gets_a_warning_under_the_configured_share(
+    engine: Engine, root: PayloadRoot, resources: dict[str, Any], instance: dg.DagsterInstance
+) -> None:
+    records = [make_record(f"q-{index}") for index in range(9)] + [make_record("bad", address={"zip": "ABCDE"})]
+    (root.month_dir("2026-03")).mkdir(parents=True)
+    (root.month_dir("2026-03") / "q_batch1_20260310T000000Z.json").write_bytes(make_page(records))
+    register_unregistered(engine, root, "test")
+
+    strict = materialize_month("2026-03", resources, instance, selection=[properties])
+    resources["quarantine_policy"] = QuarantinePolicy(warn_share=0.2)
+    lenient = run_checks_alone([quarantine_rate_acceptable], "2026-03", resources, instance)
+
+    check = checks_by_name(strict)["quarantine_rate_acceptable"]
+    values = metadata_values(check)
+    assert strict.success  # a warning: the month loaded, its quarantine is visible
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN and check.partition == "2026-03"
+    assert (values["records_quarantined"], values["records_loaded"], values["quarantined_share"]) == (1, 9, 0.1)
+    assert values["warn_above_share"] == 0.01 and "10.00%" in (check.description or "")
+    (relaxed,) = lenient.get_asset_check_evaluations()
+    assert relaxed.passed and metadata_values(relaxed)["warn_above_share"] == 0.2
 
 
 def _file_ids(engine: Engine) -> dict[str, int]:

@@ -142,7 +142,7 @@ def test_a_monthly_downstream_asset_receives_that_months_properties_typed_with_n
     assert str(frame["estimated_value"].dtype) == "Int64" and str(frame["bathrooms"].dtype) == "Float64"
     assert str(frame["owner_occupied"].dtype) == "boolean" and str(frame["last_sale_date"].dtype) == "datetime64[us]"
     assert str(frame["captured_at"].dtype) == "datetime64[us, UTC]" and "raw" not in frame.columns
-    assert _loaded_input_metadata(result) == {"dagster/row_count": 3, "month": "2026-03"}
+    assert _loaded_input_metadata(result) == {"properties_read": 3, "month": "2026-03"}
     (materialization,) = result.asset_materializations_for_node("monthly_consumer")
     assert metadata_values(materialization) == {"dagster/row_count": 2, "absentee_owners": 1}  # m-2 has no state
 
@@ -171,7 +171,7 @@ def test_an_empty_month_gives_an_empty_frame_with_every_column(
 
     assert result.success
     empty = received["monthly"]
-    assert empty.empty and _loaded_input_metadata(result)["dagster/row_count"] == 0
+    assert empty.empty and _loaded_input_metadata(result)["properties_read"] == 0
     assert _run([monthly_consumer], resources, instance, partition_key="2026-03").success
     march = received["monthly"]
     assert len(march) == 3 and list(empty.columns) == list(march.columns)
@@ -296,7 +296,9 @@ def test_the_market_summary_equals_the_statistics_of_the_records_and_tracks_the_
     every_value = sorted(float(r["estimatedValue"]) for r in april if r["estimatedValue"] is not None)
     assert values["property_count"] == len(april) and values["groups"] == len(expected_april)
     assert values["value_median"] == pytest.approx(statistics.median(every_value))
-    assert values["dagster/row_count"] == len(expected_april) and values["previous_month_summarised"] is True
+    assert values["previous_month_summarised"] is True
+    # The table's size: March's groups and April's.
+    assert values["dagster/row_count"] == len(expected_march) + len(expected_april)
     assert "| state | type |" in values["summary"] and "(none)" in values["summary"]
 
     # Summarising March again replaces its rows (no duplicates), in one go.
@@ -330,9 +332,10 @@ def test_the_quarantine_asset_counts_the_months_records_and_its_most_common_reas
 
     assert march.success and april.success
     values = metadata_values(march.asset_materializations_for_node("quarantined_records")[0])
-    assert values["dagster/row_count"] == values["quarantined_records"] == 4
+    assert values["dagster/row_count"] == values["quarantined_records"] == 4  # the table holds March's only
     assert values["files_with_quarantined_records"] == 1 and values["records_loaded"] == 2
     assert values["quarantined_share"] == pytest.approx(4 / 6) and values["reason_kinds"] == 3
     table = values["top_reasons"].splitlines()
     assert "address.zip … is not a 5-digit zip code | 2 | 50.0%" in table[2]  # the most common first
-    assert metadata_values(april.asset_materializations_for_node("quarantined_records")[0])["dagster/row_count"] == 0
+    april_values = metadata_values(april.asset_materializations_for_node("quarantined_records")[0])
+    assert april_values["quarantined_records"] == 0 and april_values["dagster/row_count"] == 4  # the whole table

@@ -235,6 +235,17 @@ def test_backfills_retry_failed_months_on_the_real_webserver_and_daemon_with_pos
             timeout=120,
         )
         assert cli.returncode == 0, cli.stdout + cli.stderr
+        # The months' files FAILED outside Dagster: month_state_sensor would launch record_month_state runs
+        # for them (test_month_sensor.py tests that), racing the retries. This test is about the backfills.
+        stopped = subprocess.run(
+            [str(BIN / "dagster"), "sensor", "stop", "-w", "workspace.yaml", "month_state_sensor"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         # Backfill iterations are 30 s apart; a daemon started now picks both backfills up in its first one.
         stack.enter_context(process_group([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, logs[1]))
         backfills, runs = wait_for_backfills(port, len(UI_MONTHS) + 1, logs)

@@ -13,7 +13,11 @@ from sqlalchemy import Engine, update
 
 from property_pipeline.db import status
 from property_pipeline.db.schema import batch_file_status, utcnow
+from property_pipeline.defs.checks import ALL_CHECKS
+from property_pipeline.defs.jobs import record_month_state_job
 from property_pipeline.defs.monitoring import build_alert_sensor, build_run_failure_sensor, pipeline_status_report
+from property_pipeline.defs.properties import properties
+from property_pipeline.defs.raw_payloads import raw_property_payloads
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.layout import PayloadRoot
@@ -166,27 +170,97 @@ def failing_job() -> None:
     broken_step()
 
 
+def run_failure_ticks(
+    sensor: dg.SensorDefinition,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    cursor: str | None,
+    times: int = 1,
+) -> str | None:
+    """Evaluate the run-failure sensor as the daemon does, `times` times from the same cursor."""
+    for _ in range(times):
+        with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
+            result = sensor.evaluate_tick(context)
+    return result.cursor
+
+
 @pytest.mark.parametrize("reachable", [True, False], ids=["webhook-up", "webhook-down"])
-def test_the_run_failure_sensor_posts_the_failed_run_to_the_webhook(
-    instance: dg.DagsterInstance, receiver: Receiver, reachable: bool
+def test_the_run_failure_sensor_alerts_once_with_an_absolute_link_to_the_run(
+    resources: dict[str, Any], own_instance: dg.DagsterInstance, receiver: Receiver, reachable: bool
 ) -> None:
+    sensor = build_run_failure_sensor(
+        webhook_url=receiver.url if reachable else DEAD_WEBHOOK, ui_base_url="https://dagster.example.org/"
+    )
+    cursor = run_failure_ticks(sensor, own_instance, resources, None)  # the sensor starts watching now
     result = failing_job.execute_in_process(
-        instance=instance, raise_on_error=False, tags={"dagster/partition": "2026-11"}
+        instance=own_instance, raise_on_error=False, tags={"dagster/partition": "2026-11"}
     )
     assert not result.success
-    sensor = build_run_failure_sensor(webhook_url=receiver.url if reachable else DEAD_WEBHOOK)
-    context = dg.build_run_status_sensor_context(
-        sensor_name=sensor.name,
-        dagster_instance=instance,
-        dagster_run=result.dagster_run,
-        dagster_event=result.get_run_failure_event(),
-    ).for_run_failure()
 
-    sensor(context)  # never raises, even with the webhook down
+    run_failure_ticks(sensor, own_instance, resources, cursor, times=2)  # the same failure seen twice
 
     if reachable:
         (body,) = receiver.bodies
-        assert f"run {result.run_id[:8]} of job failing_job (month 2026-11) failed" in body["text"]
+        assert f"run {result.run_id[:8]} (job failing_job) of month 2026-11 failed" in body["text"]
+        assert body["text"].endswith(f"See the run: https://dagster.example.org/runs/{result.run_id}")
         assert body["alert_key"] == f"run_failure:{result.run_id}"
     else:
         assert receiver.bodies == []
+        # Recorded all the same: the alert sensor delivers it once the webhook answers.
+        tick(build_alert_sensor(webhook_url=receiver.url, pending_max_age_seconds=3600), resources, own_instance)
+        (body,) = receiver.bodies
+        assert body["alert_key"] == f"run_failure:{result.run_id}"
+
+
+def test_the_run_failure_sensor_watches_the_asset_job_of_materialize_and_backfills(
+    engine: Engine, root: PayloadRoot, resources: dict[str, Any], own_instance: dg.DagsterInstance, receiver: Receiver
+) -> None:
+    (lost,) = write_month(root, "2026-11", files=1)
+    register_unregistered(engine, root, "test")
+    lost.path.rename(lost.path.with_name(".away"))
+    sensor = build_run_failure_sensor(webhook_url=receiver.url)
+    cursor = run_failure_ticks(sensor, own_instance, resources, None)
+    asset_job = dg.Definitions(
+        assets=[raw_property_payloads, properties], asset_checks=ALL_CHECKS, resources=resources
+    ).resolve_implicit_global_asset_job_def()
+
+    # What the Materialize button and an asset backfill launch: the implicit asset job.
+    result = asset_job.execute_in_process(
+        partition_key="2026-11", asset_selection=[properties.key], instance=own_instance, raise_on_error=False
+    )
+    assert not result.success and result.dagster_run.job_name == "__ASSET_JOB"
+    run_failure_ticks(sensor, own_instance, resources, cursor, times=2)
+
+    (body,) = receiver.bodies
+    assert f"run {result.run_id[:8]} (a Materialize or backfill run) of month 2026-11 failed" in body["text"]
+    assert f"http://127.0.0.1:3000/runs/{result.run_id}" in body["text"]
+
+
+def test_record_month_state_runs_do_not_alert_again_for_files_that_have_their_own_alert(
+    engine: Engine, root: PayloadRoot, resources: dict[str, Any], own_instance: dg.DagsterInstance, receiver: Receiver
+) -> None:
+    (lost,) = write_month(root, "2026-11", files=1)
+    register_unregistered(engine, root, "test")
+    lost.path.rename(lost.path.with_name(".away"))
+    PayloadProcessor(engine, root).run()
+    sensor = build_run_failure_sensor(webhook_url=receiver.url)
+    cursor = run_failure_ticks(sensor, own_instance, resources, None)
+    job = dg.Definitions(
+        assets=[raw_property_payloads, properties],
+        asset_checks=ALL_CHECKS,
+        jobs=[record_month_state_job],
+        resources=resources,
+    ).resolve_job_def("record_month_state")
+    assert not job.execute_in_process(partition_key="2026-11", instance=own_instance, raise_on_error=False).success
+    other = failing_job.execute_in_process(instance=own_instance, raise_on_error=False)
+
+    run_failure_ticks(sensor, own_instance, resources, cursor)
+
+    (body,) = receiver.bodies  # the other failure is seen, the record run is not alerted
+    assert body["alert_key"] == f"run_failure:{other.run_id}"
+
+
+@pytest.fixture
+def own_instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance

@@ -8,6 +8,7 @@ from typing import Any
 
 import dagster as dg
 from click.testing import CliRunner
+from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 from sqlalchemy import Engine, delete, select
 
 from property_pipeline.cli import main
@@ -16,6 +17,7 @@ from property_pipeline.db.schema import properties as properties_table
 from property_pipeline.definitions import defs
 from property_pipeline.defs.checks import ALL_CHECKS
 from property_pipeline.defs.jobs import retry_failed_months_job
+from property_pipeline.defs.partitions import monthly_partitions
 from property_pipeline.defs.properties import PROPERTY_DB_POOL, properties
 from property_pipeline.defs.raw_payloads import raw_property_payloads
 from property_pipeline.processing.processor import PayloadProcessor
@@ -37,7 +39,9 @@ def test_materializing_a_month_loads_its_pending_files_and_leaves_other_months(
 ) -> None:
     march = write_month(root, "2026-03", files=3, per_file=5)
     april = write_month(root, "2026-04", files=2, per_file=5)
+    write_month(root, "2026-05", files=1, per_file=7)
     register_unregistered(engine, root, "test")
+    PayloadProcessor(engine, root).run(month="2026-05")  # the table holds another month's rows too
 
     result = materialize_month("2026-03", resources, instance, selection=[properties])
 
@@ -48,15 +52,18 @@ def test_materializing_a_month_loads_its_pending_files_and_leaves_other_months(
     (materialization,) = result.asset_materializations_for_node("properties")
     values = metadata_values(materialization)
     assert materialization.partition == "2026-03"
-    assert (values["files_completed"], values["files_failed"], values["records_loaded"]) == (3, 0, 15)
-    assert values["dagster/row_count"] == 15 and values["month_files_pending"] == 0
-    assert values["rows_per_second"] > 0 and values["first_errors"] == "_none_"
+    assert (values["run_files_completed"], values["run_files_failed"], values["run_records_loaded"]) == (3, 0, 15)
+    assert values["month_settled"] is True and (values["files_total"], values["files_completed"]) == (3, 3)
+    assert values["rows_delivered_by_month_files"] == 15 and values["files_pending"] == 0
+    # Where Dagster shows a table's size: the whole table (March's 15 and May's 7), counted.
+    assert values["dagster/row_count"] == 22 and values["table_row_count_method"] == "count(*)"
+    assert values["run_rows_per_second"] > 0 and values["first_errors"] == "_none_"
     checks = checks_by_name(result)
-    assert set(checks) == {"row_counts_agree", "no_stuck_files", "no_failed_files"}
-    assert all(check.passed and metadata_values(check)["month"] == "2026-03" for check in checks.values())
+    assert set(checks) == {"row_counts_agree", "no_stuck_files", "no_failed_files", "quarantine_rate_acceptable"}
+    assert all(check.passed and check.partition == "2026-03" for check in checks.values())
 
 
-def test_failed_files_are_retried_only_when_the_run_config_asks(
+def test_a_month_left_with_a_failed_file_is_not_materialized_and_shows_failed_with_the_error(
     engine: Engine, root: PayloadRoot, resources: dict[str, Any], instance: dg.DagsterInstance
 ) -> None:
     good, lost = write_month(root, "2026-03", files=2, per_file=4)
@@ -66,13 +73,25 @@ def test_failed_files_are_retried_only_when_the_run_config_asks(
 
     first = materialize_month("2026-03", resources, instance, selection=[properties])
 
-    assert not first.success  # the blocking no_failed_files check fails the run, like `process` exits 1
-    values = metadata_values(first.asset_materializations_for_node("properties")[0])
-    assert (values["files_completed"], values["files_failed"], values["month_files_failed"]) == (1, 1, 1)
+    assert not first.success and first.asset_materializations_for_node("properties") == []
+    status_now = instance.get_status_by_partition(properties.key, ["2026-03"], monthly_partitions)
+    assert status_now == {"2026-03": AssetPartitionStatus.FAILED}
+    (observation,) = first.asset_observations_for_node("properties")
+    values = metadata_values(observation)
+    assert observation.partition == "2026-03" and values["month_settled"] is False
+    assert (values["run_files_completed"], values["run_files_failed"], values["files_failed"]) == (1, 1, 1)
     assert lost.relative_path in values["first_errors"] and "missing" in values["first_errors"]
-    failed_check = checks_by_name(first)["no_failed_files"]
+    failure = first.failure_data_for_node("properties")
+    description = failure.user_failure_data.description if failure else ""
+    assert "1 FAILED of 2 files" in description and f"{lost.relative_path} is missing" in description  # the error
+    assert lost.relative_path in failure.user_failure_data.metadata["first_errors"].value
+    # The month's checks are skipped once the step fails; their verdicts were recorded by the step.
+    checks = checks_by_name(first)
+    failed_check = checks["no_failed_files"]
     assert not failed_check.passed and failed_check.severity == dg.AssetCheckSeverity.ERROR
-    assert lost.relative_path in metadata_values(failed_check)["offending_files"]
+    assert (
+        failed_check.partition == "2026-03" and lost.relative_path in metadata_values(failed_check)["offending_files"]
+    )
 
     hidden.rename(lost.path)
     again = materialize_month("2026-03", resources, instance, selection=[properties])
@@ -88,7 +107,27 @@ def test_failed_files_are_retried_only_when_the_run_config_asks(
     assert retried.success
     assert statuses(engine) == {good.relative_path: "COMPLETED", lost.relative_path: "COMPLETED"}
     values = metadata_values(retried.asset_materializations_for_node("properties")[0])
-    assert (values["failed_files_retried"], values["files_completed"], values["dagster/row_count"]) == (1, 1, 8)
+    assert (values["run_failed_files_retried"], values["run_files_completed"], values["dagster/row_count"]) == (1, 1, 8)
+    status_now = instance.get_status_by_partition(properties.key, ["2026-03"], monthly_partitions)
+    assert status_now == {"2026-03": AssetPartitionStatus.MATERIALIZED}
+
+
+def test_record_only_processes_nothing_and_records_the_months_state(
+    engine: Engine, root: PayloadRoot, resources: dict[str, Any], instance: dg.DagsterInstance
+) -> None:
+    write_month(root, "2026-03", files=2)
+    register_unregistered(engine, root, "test")
+    record_only = {"ops": {"properties": {"config": {"record_only": True}}}}
+
+    pending = materialize_month("2026-03", resources, instance, selection=[properties], run_config=record_only)
+    assert not pending.success and set(statuses(engine).values()) == {"PENDING"}  # nothing was processed
+    assert "2 PENDING of 2 files" in str(pending.failure_data_for_node("properties").user_failure_data.description)
+
+    PayloadProcessor(engine, root).run(month="2026-03")
+    settled = materialize_month("2026-03", resources, instance, selection=[properties], run_config=record_only)
+    assert settled.success
+    values = metadata_values(settled.asset_materializations_for_node("properties")[0])
+    assert values["files_completed"] == 2 and "run_files_completed" not in values
 
 
 def test_the_retry_job_retries_failed_files_with_no_run_config_at_all(
@@ -147,7 +186,7 @@ def test_cli_process_and_dagster_materialization_leave_the_same_database_state(
     _forget_everything(engine, root)
     register_unregistered(engine, root, "test")
     dagster = materialize_month("2026-03", resources, instance, selection=[properties])
-    assert not dagster.success  # the same FAILED file fails the blocking check
+    assert not dagster.success  # the same FAILED file fails the step
     by_dagster = database_state(engine, root)
 
     assert by_dagster == by_cli

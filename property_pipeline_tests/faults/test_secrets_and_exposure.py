@@ -240,7 +240,9 @@ def test_the_sandbox_and_the_dagster_webserver_bind_to_loopback_by_default(
         socket.create_connection((outside_address, port), timeout=2).close()
 
     makefile = (REPO / "Makefile").read_text()
-    dagster_lines = [line for line in makefile.splitlines() if re.search(r"\bdagster(-webserver)? dev\b", line)]
+    # `make dagster` runs `dg dev` through the Makefile's $(DG) variable; comments are not commands.
+    commands = [line for line in makefile.splitlines() if not line.lstrip().startswith("#")]
+    dagster_lines = [line for line in commands if re.search(r"(\bdagster(-webserver)?|\bdg|\$\(DG\)) dev\b", line)]
     assert dagster_lines, "the Makefile starts the Dagster UI"
     assert all(re.search(r"\s(-h|--host)\s+127\.0\.0\.1\b", line) for line in dagster_lines), dagster_lines
     report_figure("loopback_binding", sandbox_listen="127.0.0.1", dagster_dev_host="127.0.0.1", violations=0)
