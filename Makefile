@@ -38,7 +38,7 @@ typecheck: $(STAMP)
 test-faults: $(STAMP)
 	$(BIN)/pytest -m faults $(PYTEST_ARGS)
 
-# Benchmarks of issue 6 (see docs/performance.md): every target, 3 repeats, about 40 minutes on 2 cores.
+# Benchmarks (see docs/performance.md): every target, 3 repeats, about 40 minutes on 2 cores.
 # dlt, a baseline, comes from the optional `bench` extra. Results: benchmarks/results/*.json.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks

@@ -1,4 +1,4 @@
-"""Benchmarks for issue 6: processing, memory, SQLite, registration, capture and parallel processors.
+"""Benchmarks: processing, memory, SQLite, registration, capture, parallel processors and replay.
 
 Run `python -m benchmarks --help` (or `make bench` / `make bench-quick`). Each target runs in its own
 process, its methods interleaved over the repeats, and the runner prints medians, ratios and min-max,

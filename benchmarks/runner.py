@@ -1,6 +1,6 @@
 """The benchmark runner: each target in its own process, then one table of medians, ratios and min-max.
 
-    python -m benchmarks              # full mode (`make bench`): the sizes of issue 6, 3 repeats each
+    python -m benchmarks              # full mode (`make bench`): the full sizes, 3 repeats each
     python -m benchmarks --quick      # CI smoke (`make bench-quick`): tiny sizes, 1 repeat, no timing goals
     python -m benchmarks --only processing,sqlite
 

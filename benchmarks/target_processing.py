@@ -1,6 +1,6 @@
 """Target 1: `property-pipeline process` on PostgreSQL against a plain COPY and dlt's merge of the same files.
 
-Goals (issue 6): processing at least 1.0x a plain COPY of the same records into an identical empty
+Goals: processing at least 1.0x a plain COPY of the same records into an identical empty
 table, and at least 6x dlt's merge. Every method gets a new database; their order rotates per repeat.
 """
 
