@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from property_pipeline.store import markers
 from property_pipeline.store.layout import (
     PayloadPathError,
     PayloadRoot,
@@ -103,3 +104,16 @@ def test_resolve_refuses_a_symlink_that_escapes_the_data_root(root: PayloadRoot,
     (month / "c1_batch1_20261103T040506Z.json").symlink_to(outside)
     with pytest.raises(PayloadPathError, match="outside the data root"):
         root.resolve("2026-11/c1_batch1_20261103T040506Z.json")
+
+
+def test_the_processing_name_of_a_payload_is_a_hard_link_to_its_bytes(root: PayloadRoot) -> None:
+    stored = write_payload(root, "c1", 1, b'{"data": []}', datetime(2026, 11, 3, tzinfo=UTC))
+    in_processing = markers.processing_copy(root, 1, stored.path)
+    assert in_processing.parent == root.processing
+    assert in_processing.read_bytes() == stored.path.read_bytes()
+    # The same inode: no byte was copied, and the original is untouched.
+    assert os.stat(in_processing).st_ino == os.stat(stored.path).st_ino
+    assert os.stat(stored.path).st_nlink == 2
+    markers.drop_processing_copy(in_processing)
+    assert os.stat(stored.path).st_nlink == 1
+    assert stored.path.read_bytes() == b'{"data": []}'
