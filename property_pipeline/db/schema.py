@@ -184,6 +184,7 @@ file_properties = Table(
     metadata,
     Column("file_id", Id, primary_key=True, comment="batch_file_status.file_id"),
     Column("property_id", Text, primary_key=True),
+    sqlite_with_rowid=False,  # one B-tree on SQLite, not a rowid table plus its key's index (migration 0010)
 )
 
 quarantined_records = Table(
