@@ -19,10 +19,11 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, Select, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningUpdate
 
+from property_pipeline.db.engine import SQLITE_DEFERRED
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import file_status_events as events
 from property_pipeline.db.schema import utcnow
@@ -266,8 +267,8 @@ def _record_registrations(conn: Connection, created: Sequence[Registration], act
 # processor more than the database takes to run it (they run twice per file).
 
 
-@cache
-def _claim_statement(by_month: bool, by_file_ids: bool, excluding: bool) -> ReturningUpdate[Any]:
+def _next_pending(by_month: bool, by_file_ids: bool, excluding: bool) -> Select[tuple[int]]:
+    """The PENDING file a claim takes next: the lowest file id in scope."""
     conditions = [files.c.status == FileStatus.PENDING]
     if by_month:
         conditions.append(files.c.month == bindparam("scope_month"))
@@ -275,14 +276,18 @@ def _claim_statement(by_month: bool, by_file_ids: bool, excluding: bool) -> Retu
         conditions.append(files.c.file_id.in_(bindparam("scope_file_ids", expanding=True)))
     if excluding:
         conditions.append(files.c.file_id.not_in(bindparam("scope_excluded", expanding=True)))
-    candidate = (
-        select(files.c.file_id)
-        .where(*conditions)
-        .order_by(files.c.file_id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
+    return select(files.c.file_id).where(*conditions).order_by(files.c.file_id).limit(1)
+
+
+@cache
+def _peek_statement(by_month: bool, by_file_ids: bool, excluding: bool) -> Select[Any]:
+    candidate = _next_pending(by_month, by_file_ids, excluding).scalar_subquery()
+    return select(*_FILE_COLUMNS).where(files.c.file_id == candidate)
+
+
+@cache
+def _claim_statement(by_month: bool, by_file_ids: bool, excluding: bool) -> ReturningUpdate[Any]:
+    candidate = _next_pending(by_month, by_file_ids, excluding).with_for_update(skip_locked=True).scalar_subquery()
     return (
         update(files)
         .where(files.c.file_id == candidate, files.c.status == FileStatus.PENDING)
@@ -314,13 +319,8 @@ def claim_next_pending(
     parameters: dict[str, object] = {
         "claim_worker": worker,
         "claim_until": utcnow() + timedelta(seconds=lease_seconds),
+        **_scope_parameters(month, file_ids, excluding),
     }
-    if month is not None:
-        parameters["scope_month"] = month
-    if file_ids is not None:
-        parameters["scope_file_ids"] = list(file_ids)
-    if excluding:
-        parameters["scope_excluded"] = list(excluding)
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # The claim need not wait for its WAL to reach disk: a server crash that loses it also
@@ -333,6 +333,28 @@ def claim_next_pending(
             return None
         _record_events(conn, [row.file_id], FileStatus.PENDING, FileStatus.PROCESSING, worker, None)
         return _payload_file(row)
+
+
+def _scope_parameters(month: str | None, file_ids: Sequence[int] | None, excluding: Sequence[int]) -> dict[str, object]:
+    parameters: dict[str, object] = {}
+    if month is not None:
+        parameters["scope_month"] = month
+    if file_ids is not None:
+        parameters["scope_file_ids"] = list(file_ids)
+    if excluding:
+        parameters["scope_excluded"] = list(excluding)
+    return parameters
+
+
+def peek_next_pending(
+    engine: Engine, *, month: str | None = None, file_ids: Sequence[int] | None = None, excluding: Sequence[int] = ()
+) -> PayloadFile | None:
+    """The file `claim_next_pending` would take now, read without claiming or locking it (another processor may
+    take it first: a guess, for reading ahead). On SQLite a plain read, which a writer does not block."""
+    statement = _peek_statement(month is not None, file_ids is not None, bool(excluding))
+    with engine.connect().execution_options(**{SQLITE_DEFERRED: True}) as conn:
+        row = conn.execute(statement, _scope_parameters(month, file_ids, excluding)).first()
+    return None if row is None else _payload_file(row)
 
 
 def extend_lease(engine: Engine, file_id: int, worker: str, lease_seconds: int) -> bool:

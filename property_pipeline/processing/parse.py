@@ -52,6 +52,7 @@ class PayloadPage:
         self.rejected: list[RejectedRecord] = []
         self.accepted = 0
         self._ids: list[str | None] | None = None
+        self._taken: tuple[bool, list[PropertyRecord]] | None = None
 
     @property
     def properties_count(self) -> int:
@@ -68,8 +69,22 @@ class PayloadPage:
                     self._ids.append(None)
         return self._ids
 
+    def validate_all(self, *, by_id: bool = False) -> None:
+        """Validate every record now (a processor reading ahead does it while the previous file commits);
+        `records()` in the same order then hands them out without validating them again."""
+        if self._taken is None:
+            self._taken = (by_id, list(self._validated(by_id)))
+
     def records(self, *, by_id: bool = False) -> Iterator[PropertyRecord]:
         """The valid records, in file order or ordered by id; the first valid one of an id wins either way."""
+        if self._taken is not None:
+            taken_by_id, taken = self._taken
+            if taken_by_id != by_id:
+                raise ValueError("the records were validated in the other order")
+            return iter(taken)
+        return self._validated(by_id)
+
+    def _validated(self, by_id: bool) -> Iterator[PropertyRecord]:
         indexes: Iterable[int] = range(len(self.data))
         if by_id:
             keys = [property_id or "" for property_id in self.ids()]

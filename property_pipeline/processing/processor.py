@@ -166,6 +166,66 @@ def is_conflict(error: OperationalError) -> bool:
     return getattr(error.orig, "sqlstate", None) in CONFLICT_SQLSTATES
 
 
+@dataclass(frozen=True)
+class _ReadPage:
+    """A payload read, checksummed and validated ahead of its claim (see _ReadAhead)."""
+
+    file_id: int
+    checksum_sha256: str
+    size_bytes: int
+    page: PayloadPage
+
+
+class _ReadAhead:
+    """Reads, checksums and validates the file the next claim will most likely take, while the current file's
+    transaction commits.
+
+    SQLite's commit (writing the file's pages to the write-ahead log) releases the GIL, so the next file's
+    JSON parse and validation run on the other core meanwhile: each file then costs its load plus the
+    longer of its commit and the next file's parse, not their sum. It is only a guess, made without a
+    claim or a lock: the processor uses the result only when the file it then claims is the one read
+    (the same id, size and registered checksum), and reads the file itself otherwise. Any problem met
+    ahead (a missing file, bad JSON) is left for the normal path to meet and report.
+    """
+
+    def __init__(
+        self, processor: PayloadProcessor, month: str | None, file_ids: Sequence[int] | None, excluding: Sequence[int]
+    ) -> None:
+        self._processor = processor
+        self._month = month
+        self._file_ids = file_ids
+        self._excluding = list(excluding)
+        self._thread: threading.Thread | None = None
+        self._result: _ReadPage | None = None
+
+    def start(self) -> None:
+        """Begin reading (idempotent: a transaction retried after a conflict calls it again)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._read, name="read-ahead", daemon=True)
+            self._thread.start()
+
+    def result(self) -> _ReadPage | None:
+        """The page read ahead (waiting for it), or None when nothing was read."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        return self._result
+
+    def _read(self) -> None:
+        try:
+            guess = status.peek_next_pending(
+                self._processor.engine, month=self._month, file_ids=self._file_ids, excluding=self._excluding
+            )
+            if guess is None or guess.file_size_bytes > self._processor.max_payload_bytes:
+                return
+            body = self._processor.root.resolve(guess.file_path).read_bytes()
+            page = read_page(body)
+            page.validate_all()
+            self._result = _ReadPage(guess.file_id, hashlib.sha256(body).hexdigest(), len(body), page)
+        except Exception:  # a guess: whatever went wrong, the normal path meets it and reports it
+            log.debug("reading ahead failed; the file is read when it is claimed", exc_info=True)
+
+
 class PayloadProcessor:
     """Processes registered payload files exactly once; any number of processors may run at once."""
 
@@ -219,6 +279,9 @@ class PayloadProcessor:
                 mirror_markers=self.mirror_markers,
             )
         deferred: list[int] = []  # given back during this run: not claimed again by it
+        # SQLite has one writer, and its commits leave a core free for reading the next file meanwhile.
+        read_ahead = self.engine.dialect.name == "sqlite"
+        ahead: _ReadPage | None = None
         with fewer_garbage_collections():
             while limit is None or len(report.outcomes) < limit:
                 if should_stop is not None and should_stop():
@@ -228,7 +291,19 @@ class PayloadProcessor:
                 )
                 if claimed is None:
                     break
-                outcome = self.process_claimed(claimed)
+                reader = (
+                    _ReadAhead(self, month, file_ids, [*deferred, claimed.file_id])
+                    if read_ahead and (limit is None or len(report.outcomes) + 1 < limit)
+                    else None
+                )
+                try:
+                    outcome = self.process_claimed(
+                        claimed,
+                        read_ahead=ahead if ahead is not None and ahead.file_id == claimed.file_id else None,
+                        before_commit=reader.start if reader is not None else None,
+                    )
+                finally:
+                    ahead = reader.result() if reader is not None else None
                 if outcome.status == Outcome.DEFERRED:
                     deferred.append(outcome.file_id)
                 report.outcomes.append(outcome)
@@ -237,21 +312,39 @@ class PayloadProcessor:
         report.seconds = time.perf_counter() - started
         return report
 
-    def process_claimed(self, payload: PayloadFile, body: bytes | None = None) -> FileOutcome:
+    def process_claimed(
+        self,
+        payload: PayloadFile,
+        body: bytes | None = None,
+        *,
+        read_ahead: _ReadPage | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> FileOutcome:
         """Load one claimed file in one transaction, or mark it FAILED; markers follow the database.
 
         `body` is the file's content when the caller already holds it (a rebuild reading a deleted month
         straight from its archive); it is checked against the registered SHA-256 like bytes read from disk.
+        `read_ahead` is the file as read ahead of its claim (used only if it matches the claimed file);
+        `before_commit` is called inside the file's transaction, just before it commits.
         An interruption (Ctrl-C, a signal turned into an exception) gives the claim back before it
         propagates, so the file is PENDING again at once instead of after its lease.
         """
         started = time.perf_counter()
         copy = None
         heartbeat = _Heartbeat(self.engine, payload.file_id, self.worker, self.lease_seconds)
+        if read_ahead is not None and (
+            read_ahead.checksum_sha256 != payload.checksum_sha256 or read_ahead.size_bytes != payload.file_size_bytes
+        ):
+            read_ahead = None  # not the bytes registered: the normal path reads the file and says so
         try:
             if body is not None:
                 self._check_size(payload, len(body))
-                outcome = self._load(payload, io.BytesIO(body), started)
+                outcome = self._load(payload, io.BytesIO(body), started, before_commit=before_commit)
+            elif read_ahead is not None:
+                if self.mirror_markers:
+                    copy = markers.processing_copy(self.root, payload.file_id, self.root.resolve(payload.file_path))
+                # The bytes were read and checked already; a retried transaction reads them again from disk.
+                outcome = self._load(payload, None, started, page=read_ahead.page, before_commit=before_commit)
             else:
                 source = self.root.resolve(payload.file_path)
                 if not source.is_file():
@@ -259,12 +352,13 @@ class PayloadProcessor:
                         f"payload file {payload.file_path} is missing from {self.root.payloads}; "
                         "restore it (property-pipeline restore, or from a backup), then retry"
                     )
-                self._check_size(payload, source.stat().st_size)  # before it is copied or read: memory stays bounded
-                if self.mirror_markers:
-                    copy = markers.processing_copy(self.root, payload.file_id, source)
-                # Held open: the copy's name may be tidied away, never its bytes.
-                with open(copy if copy is not None else source, "rb") as handle:
-                    outcome = self._load(payload, handle, started)
+                self._check_size(payload, source.stat().st_size)  # before it is read: memory stays bounded
+                # Held open before `processing/` gets its name for the file: that name may be tidied away,
+                # and retention may delete the original meanwhile, never the bytes read.
+                with open(source, "rb") as handle:
+                    if self.mirror_markers:
+                        copy = markers.processing_copy(self.root, payload.file_id, source)
+                    outcome = self._load(payload, handle, started, before_commit=before_commit)
         except status.LostClaim as error:
             log.warning("%s", error)
             return FileOutcome(payload.file_id, payload.file_path, Outcome.LOST, 0, 0, 0, 0, str(error))
@@ -308,11 +402,25 @@ class PayloadProcessor:
                 "Raise the limit if the file is genuine, then retry"
             )
 
-    def _load(self, payload: PayloadFile, handle: BinaryIO, started: float) -> FileOutcome:
+    def _load(
+        self,
+        payload: PayloadFile,
+        handle: BinaryIO | None,
+        started: float,
+        *,
+        page: PayloadPage | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> FileOutcome:
         """Verify, parse and load the file in one transaction; a transaction that loses to a concurrent one is
-        rolled back and tried again (the file read again) a bounded number of times."""
+        rolled back and tried again (the file read again) a bounded number of times. `page`: the file already
+        read and verified (its first attempt uses it; `handle` None means: open the file for a retry)."""
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
-            page = self._read(payload, handle)
+            if page is None or attempt > 1:
+                if handle is None:
+                    with open(self.root.resolve(payload.file_path), "rb") as fresh:
+                        page = self._read(payload, fresh)
+                else:
+                    page = self._read(payload, handle)
             try:
                 with self.engine.begin() as conn:
                     self._bound_waits(conn)
@@ -331,6 +439,8 @@ class PayloadProcessor:
                         error_count=len(page.rejected),
                         processing_time_ms=elapsed_ms,
                     )
+                    if before_commit is not None:
+                        before_commit()
             except OperationalError as error:
                 if not is_conflict(error):
                     raise
