@@ -35,9 +35,13 @@ def _valid_index(position: int) -> int:
     return (position // per_block) * CONTRACT_BREAKING_EVERY + position % per_block
 
 
-def file_name(batch: int) -> str:
+# A re-capture of the same campaign a month later (the steady state): its files are named in the next month.
+RECAPTURE_OFFSET_DAYS = 30
+
+
+def file_name(batch: int, offset_days: int = 0) -> str:
     """Name of benchmark file `batch` (1-based): one second apart, so newest-wins order is file order."""
-    return PayloadName(CAMPAIGN, batch, BASE_TIME + timedelta(seconds=batch)).file_name
+    return PayloadName(CAMPAIGN, batch, BASE_TIME + timedelta(days=offset_days, seconds=batch)).file_name
 
 
 def page_bytes(batch: int, seed: int, per_file: int = RECORDS_PER_FILE) -> bytes:
@@ -66,6 +70,7 @@ class Dataset:
     files: int
     per_file: int
     seed: int
+    offset_days: int = 0  # RECAPTURE_OFFSET_DAYS for a re-capture (see `recaptured`)
 
     @property
     def records(self) -> int:
@@ -73,11 +78,11 @@ class Dataset:
 
     @property
     def month(self) -> str:
-        return month_of(BASE_TIME)
+        return month_of(BASE_TIME + timedelta(days=self.offset_days))
 
     def paths(self) -> Iterator[Path]:
         for batch in range(1, self.files + 1):
-            yield self.folder / self.month / file_name(batch)
+            yield self.folder / self.month / file_name(batch, self.offset_days)
 
     @property
     def size_bytes(self) -> int:
@@ -85,13 +90,23 @@ class Dataset:
 
     def as_argument(self) -> dict[str, object]:
         """What a child process needs to find the same files (a list of paths can be too long for argv)."""
-        return {"folder": str(self.folder), "files": self.files, "per_file": self.per_file, "seed": self.seed}
+        return {
+            "folder": str(self.folder),
+            "files": self.files,
+            "per_file": self.per_file,
+            "seed": self.seed,
+            "offset_days": self.offset_days,
+        }
 
     @classmethod
     def from_argument(cls, argument: dict[str, object]) -> Dataset:
         return cls(
-            Path(str(argument["folder"])), int(argument["files"]), int(argument["per_file"]), int(argument["seed"])
-        )  # type: ignore[arg-type]
+            Path(str(argument["folder"])),
+            int(argument["files"]),  # type: ignore[call-overload]
+            int(argument["per_file"]),  # type: ignore[call-overload]
+            int(argument["seed"]),  # type: ignore[call-overload]
+            int(argument.get("offset_days", 0)),  # type: ignore[call-overload]
+        )
 
     def install(self, logs_dir: Path) -> Path:
         """Put the files into `logs_dir/property_payloads/<month>/` (hard links when possible); returns that folder."""
@@ -140,6 +155,41 @@ def dataset(files: int, *, per_file: int = RECORDS_PER_FILE, seed: int = DEFAULT
         else:
             for job in missing:
                 _write_batch(job)
+    done_marker.touch()
+    return data
+
+
+def recaptured(first: Dataset, *, changed_every: int) -> Dataset:
+    """The same campaign captured again a month later: the same ids, file for file, in the same order. Every
+    `changed_every`-th record has new values (estimated value and equity, last sale amount); every other
+    record is byte-identical to its first capture. `changed_every=0`: nothing changed."""
+    data = Dataset(
+        first.folder.with_name(f"{first.folder.name}_recapture{changed_every}"),
+        first.files,
+        first.per_file,
+        first.seed,
+        RECAPTURE_OFFSET_DAYS,
+    )
+    done_marker = data.folder / ".complete"
+    if done_marker.exists():
+        return data
+    month_folder = data.folder / data.month
+    month_folder.mkdir(parents=True, exist_ok=True)
+    for batch, source in enumerate(first.paths(), start=1):
+        document = orjson.loads(source.read_bytes())
+        # The search itself grew meanwhile: no page is byte-identical to its first capture (that would be a
+        # duplicate file, never loaded again), whatever its records.
+        document["resultCount"] += 1
+        for index, record in enumerate(document["data"]):
+            if changed_every and index % changed_every == 0:
+                for key in ("estimatedValue", "estimatedEquity", "lastSaleAmount"):
+                    if isinstance(record.get(key), int):
+                        record[key] += 1_000
+                record["estimatedValue"] = (record.get("estimatedValue") or 0) + 1  # changed even where it was null
+        final = month_folder / file_name(batch, RECAPTURE_OFFSET_DAYS)
+        temporary = final.with_name(f".{final.name}.tmp")
+        temporary.write_bytes(orjson.dumps(document))
+        os.replace(temporary, final)
     done_marker.touch()
     return data
 

@@ -15,6 +15,7 @@ TARGETS = {
     "capture": "benchmarks.target_capture",
     "parallel": "benchmarks.target_parallel",
     "replay": "benchmarks.target_replay",
+    "recapture": "benchmarks.target_recapture",
 }
 
 if __name__ == "__main__":
