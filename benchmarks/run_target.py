@@ -15,6 +15,8 @@ TARGETS = {
     "capture": "benchmarks.target_capture",
     "parallel": "benchmarks.target_parallel",
     "replay": "benchmarks.target_replay",
+    "registry": "benchmarks.target_registry",
+    "cli": "benchmarks.target_cli",
 }
 
 if __name__ == "__main__":

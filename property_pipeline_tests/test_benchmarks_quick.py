@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = ["processing", "memory", "sqlite", "registration", "capture", "parallel", "replay"]
+TARGETS = ["processing", "memory", "sqlite", "registration", "capture", "parallel", "replay", "registry", "cli"]
 
 
 @pytest.mark.slow
