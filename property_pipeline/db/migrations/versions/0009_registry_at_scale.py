@@ -35,7 +35,7 @@ depends_on = None
 TABLE = "file_totals"
 PENDING_INDEX = "ix_batch_file_status_pending_file_id"
 SLOWEST_INDEX = "ix_batch_file_status_completed_processing_time"
-ORIGINAL = "duplicate_of_file_id IS NULL"
+COMPLETED_ORIGINALS = "status = 'COMPLETED' AND duplicate_of_file_id IS NULL"
 
 # What one row of batch_file_status adds to its month and campaign, per column of file_totals ({r}: the row).
 COUNTS = {
@@ -79,65 +79,14 @@ COUNTED_COLUMNS = (
 KINDS = ("insert", "update", "delete")
 
 
-def upgrade() -> None:
-    op.create_table(
-        TABLE,
-        sa.Column("month", sa.String(7), primary_key=True),
-        sa.Column("campaign_id", sa.String(64), primary_key=True),
-        *(sa.Column(name, sa.BigInteger, nullable=False, server_default="0") for name in COUNTS),
-    )
-    bind = op.get_bind()
-    if bind.dialect.name == "postgresql":  # no file changes between the count below and the triggers
-        op.execute("LOCK TABLE batch_file_status IN SHARE ROW EXCLUSIVE MODE")
+def _fill_statement() -> str:
+    """The totals of the rows already there: one count of the table, as the triggers keep it from then on."""
     columns = ", ".join(COUNTS)
     sums = ", ".join(f"sum({expression.format(r='f')})" for expression in COUNTS.values())
-    op.execute(
+    return (
         f"INSERT INTO {TABLE} (month, campaign_id, {columns}) "
         f"SELECT f.month, f.campaign_id, {sums} FROM batch_file_status AS f GROUP BY f.month, f.campaign_id"
     )
-    create_triggers(bind.dialect.name)
-    op.create_index(
-        PENDING_INDEX,
-        "batch_file_status",
-        ["file_id"],
-        postgresql_where=sa.text("status = 'PENDING'"),
-        sqlite_where=sa.text("status = 'PENDING'"),
-    )
-    op.create_index(
-        SLOWEST_INDEX,
-        "batch_file_status",
-        [sa.text("processing_time_ms DESC"), "file_id"],
-        postgresql_where=sa.text(f"status = 'COMPLETED' AND {ORIGINAL}"),
-        sqlite_where=sa.text(f"status = 'COMPLETED' AND {ORIGINAL}"),
-    )
-
-
-def downgrade() -> None:
-    op.drop_index(SLOWEST_INDEX, table_name="batch_file_status")
-    op.drop_index(PENDING_INDEX, table_name="batch_file_status")
-    drop_triggers(op.get_bind().dialect.name)
-    op.drop_table(TABLE)
-
-
-def create_triggers(dialect: str) -> None:
-    """The triggers that keep `file_totals` equal to a count of `batch_file_status`."""
-    if dialect == "postgresql":
-        _create_postgresql_triggers()
-    elif dialect == "sqlite":
-        _create_sqlite_triggers()
-    else:
-        raise NotImplementedError(f"database {dialect!r} is not supported (use SQLite or PostgreSQL)")
-
-
-def drop_triggers(dialect: str) -> None:
-    for kind in KINDS:
-        op.execute(
-            f"DROP TRIGGER IF EXISTS {TABLE}_after_{kind}" + (" ON batch_file_status" if dialect != "sqlite" else "")
-        )
-    if dialect == "postgresql":
-        op.execute(f"DROP TRIGGER IF EXISTS {TABLE}_after_truncate ON batch_file_status")
-        for kind in (*KINDS, "truncate"):
-            op.execute(f"DROP FUNCTION IF EXISTS {TABLE}_after_{kind}()")
 
 
 def _postgresql_upsert(parts: list[tuple[str, int]]) -> str:
@@ -161,28 +110,26 @@ def _postgresql_upsert(parts: list[tuple[str, int]]) -> str:
     )
 
 
-def _create_postgresql_triggers() -> None:
+def _postgresql_triggers() -> tuple[str, ...]:
     transitions = {
         "insert": ("REFERENCING NEW TABLE AS new_rows", [("new_rows", 1)]),
         "update": ("REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows", [("new_rows", 1), ("old_rows", -1)]),
         "delete": ("REFERENCING OLD TABLE AS old_rows", [("old_rows", -1)]),
     }
+    statements = []
     for kind, (referencing, parts) in transitions.items():
-        op.execute(
+        statements += [
             f"CREATE FUNCTION {TABLE}_after_{kind}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
-            f"BEGIN\n  {_postgresql_upsert(parts)};\n  RETURN NULL;\nEND\n$$"
-        )
-        op.execute(
+            f"BEGIN\n  {_postgresql_upsert(parts)};\n  RETURN NULL;\nEND\n$$",
             f"CREATE TRIGGER {TABLE}_after_{kind} AFTER {kind.upper()} ON batch_file_status {referencing} "
-            f"FOR EACH STATEMENT EXECUTE FUNCTION {TABLE}_after_{kind}()"
-        )
-    op.execute(
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {TABLE}_after_{kind}()",
+        ]
+    return (
+        *statements,
         f"CREATE FUNCTION {TABLE}_after_truncate() RETURNS trigger LANGUAGE plpgsql AS $$\n"
-        f"BEGIN\n  DELETE FROM {TABLE};\n  RETURN NULL;\nEND\n$$"
-    )
-    op.execute(
+        f"BEGIN\n  DELETE FROM {TABLE};\n  RETURN NULL;\nEND\n$$",
         f"CREATE TRIGGER {TABLE}_after_truncate AFTER TRUNCATE ON batch_file_status "
-        f"FOR EACH STATEMENT EXECUTE FUNCTION {TABLE}_after_truncate()"
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {TABLE}_after_truncate()",
     )
 
 
@@ -196,7 +143,7 @@ def _sqlite_group(row: str) -> str:
     return f"INSERT OR IGNORE INTO {TABLE} (month, campaign_id) VALUES ({row}.month, {row}.campaign_id);"
 
 
-def _create_sqlite_triggers() -> None:
+def _sqlite_triggers() -> tuple[str, ...]:
     bodies = {
         "insert": ("INSERT", [_sqlite_group("NEW"), _sqlite_change("NEW", "+")]),
         "update": (
@@ -205,6 +152,73 @@ def _create_sqlite_triggers() -> None:
         ),
         "delete": ("DELETE", [_sqlite_change("OLD", "-")]),
     }
-    for kind, (event, statements) in bodies.items():
-        body = "\n  ".join(statements)
-        op.execute(f"CREATE TRIGGER {TABLE}_after_{kind} AFTER {event} ON batch_file_status BEGIN\n  {body}\nEND")
+    return tuple(
+        f"CREATE TRIGGER {TABLE}_after_{kind} AFTER {event} ON batch_file_status BEGIN\n  "
+        + "\n  ".join(statements)
+        + "\nEND"
+        for kind, (event, statements) in bodies.items()
+    )
+
+
+# Every statement is built here, once, from the constants above (nothing of a caller goes into SQL text).
+FILL_TOTALS = _fill_statement()
+CREATE_TRIGGERS = {"postgresql": _postgresql_triggers(), "sqlite": _sqlite_triggers()}
+DROP_TRIGGERS = {
+    "postgresql": (
+        *(f"DROP TRIGGER IF EXISTS {TABLE}_after_{kind} ON batch_file_status" for kind in (*KINDS, "truncate")),
+        *(f"DROP FUNCTION IF EXISTS {TABLE}_after_{kind}()" for kind in (*KINDS, "truncate")),
+    ),
+    "sqlite": tuple(f"DROP TRIGGER IF EXISTS {TABLE}_after_{kind}" for kind in KINDS),
+}
+
+
+def upgrade() -> None:
+    op.create_table(
+        TABLE,
+        sa.Column("month", sa.String(7), primary_key=True),
+        sa.Column("campaign_id", sa.String(64), primary_key=True),
+        *(sa.Column(name, sa.BigInteger, nullable=False, server_default="0") for name in COUNTS),
+    )
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":  # no file changes between the count below and the triggers
+        op.execute("LOCK TABLE batch_file_status IN SHARE ROW EXCLUSIVE MODE")
+    op.execute(FILL_TOTALS)
+    create_triggers(bind.dialect.name)
+    op.create_index(
+        PENDING_INDEX,
+        "batch_file_status",
+        ["file_id"],
+        postgresql_where=sa.text("status = 'PENDING'"),
+        sqlite_where=sa.text("status = 'PENDING'"),
+    )
+    op.create_index(
+        SLOWEST_INDEX,
+        "batch_file_status",
+        [sa.text("processing_time_ms DESC"), "file_id"],
+        postgresql_where=sa.text(COMPLETED_ORIGINALS),
+        sqlite_where=sa.text(COMPLETED_ORIGINALS),
+    )
+
+
+def downgrade() -> None:
+    op.drop_index(SLOWEST_INDEX, table_name="batch_file_status")
+    op.drop_index(PENDING_INDEX, table_name="batch_file_status")
+    drop_triggers(op.get_bind().dialect.name)
+    op.drop_table(TABLE)
+
+
+def _statements_of(statements: dict[str, tuple[str, ...]], dialect: str) -> tuple[str, ...]:
+    if dialect not in statements:
+        raise NotImplementedError(f"database {dialect!r} is not supported (use SQLite or PostgreSQL)")
+    return statements[dialect]
+
+
+def create_triggers(dialect: str) -> None:
+    """The triggers that keep `file_totals` equal to a count of `batch_file_status`."""
+    for statement in _statements_of(CREATE_TRIGGERS, dialect):
+        op.execute(statement)
+
+
+def drop_triggers(dialect: str) -> None:
+    for statement in _statements_of(DROP_TRIGGERS, dialect):
+        op.execute(statement)
