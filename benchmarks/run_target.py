@@ -16,6 +16,8 @@ TARGETS = {
     "parallel": "benchmarks.target_parallel",
     "replay": "benchmarks.target_replay",
     "recapture": "benchmarks.target_recapture",
+    "registry": "benchmarks.target_registry",
+    "cli": "benchmarks.target_cli",
 }
 
 if __name__ == "__main__":

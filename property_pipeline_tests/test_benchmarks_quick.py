@@ -11,7 +11,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = ["processing", "memory", "sqlite", "registration", "capture", "parallel", "replay", "recapture"]
+TARGETS = [
+    "processing",
+    "memory",
+    "sqlite",
+    "registration",
+    "capture",
+    "parallel",
+    "replay",
+    "recapture",
+    "registry",
+    "cli",
+]
 
 
 @pytest.mark.slow

@@ -4,6 +4,10 @@ Exit status: 0 when everything asked for succeeded, 1 when some file failed or d
 verify (or the database could not be used), 2 for usage and configuration errors, 128 + the
 signal's number when SIGTERM or Ctrl-C stopped the command (130 for Ctrl-C). `PipelineGroup` is
 the one place where errors become those messages and exit codes.
+
+The command modules import at their top only click and the light modules (settings, errors, layout):
+each command imports the core it needs when it runs, so `--help` and `status` start quickly (a test
+checks that `--help` loads neither SQLAlchemy, Alembic, requests nor Dagster).
 """
 
 from __future__ import annotations
@@ -14,18 +18,17 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import wraps
-from typing import Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from urllib.parse import quote
 
 import click
-from sqlalchemy import make_url
-from sqlalchemy.exc import OperationalError
 
 from property_pipeline.errors import PipelineError
-from property_pipeline.processing.parallel import WorkerFailed
-from property_pipeline.runtime import Pipeline
 from property_pipeline.settings import Settings
 from property_pipeline.store.layout import PayloadPathError, validate_month
+
+if TYPE_CHECKING:
+    from sqlalchemy.exc import OperationalError
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -68,6 +71,8 @@ def pipeline_command(function: F | None = None, *, read_only: bool = False) -> F
         @wraps(command)
         @click.pass_obj
         def wrapper(settings: Settings, *args: Any, **kwargs: Any) -> Any:
+            from property_pipeline.runtime import Pipeline
+
             pipeline = Pipeline(settings, read_only=read_only)
             try:
                 return command(pipeline, *args, **kwargs)
@@ -81,6 +86,8 @@ def pipeline_command(function: F | None = None, *, read_only: bool = False) -> F
 
 def database_unusable(settings: Settings | None, cause: object, workers: str = "") -> click.ClickException:
     """The one line for a database that refused, dropped or cancelled us (the password never shown)."""
+    from sqlalchemy import make_url
+
     where = "PROPERTY_PIPELINE_DB_URL"
     if settings is not None:
         where = make_url(settings.db_url).render_as_string(hide_password=True)
@@ -103,6 +110,13 @@ def _cause(error: OperationalError) -> object:
     return error.orig if error.orig is not None else error
 
 
+def _loaded_class(module: str, name: str) -> type[BaseException] | None:
+    """An exception class of a module the command has imported, else None: an error of a module nobody
+    imported cannot have been raised, so the CLI need not import SQLAlchemy (or the workers) to recognise it."""
+    loaded = sys.modules.get(module)
+    return cast(type[BaseException] | None, getattr(loaded, name, None))
+
+
 class PipelineGroup(click.Group):
     """The command group; the one place where errors become one-line messages and exit codes."""
 
@@ -110,14 +124,17 @@ class PipelineGroup(click.Group):
         settings = ctx.obj if isinstance(ctx.obj, Settings) else None
         try:
             return super().invoke(ctx)
-        except WorkerFailed as error:
-            if error.database_error is None:
-                raise _OneLine(error) from None
-            raise database_unusable(settings, error.database_error, workers=str(error)) from None
         except PipelineError as error:
+            worker_failed = _loaded_class("property_pipeline.processing.parallel", "WorkerFailed")
+            database_error = getattr(error, "database_error", None)
+            if worker_failed is not None and isinstance(error, worker_failed) and database_error is not None:
+                raise database_unusable(settings, database_error, workers=str(error)) from None
             raise _OneLine(error) from None
-        except OperationalError as error:
-            raise database_unusable(settings, _cause(error)) from None
+        except Exception as error:
+            operational = _loaded_class("sqlalchemy.exc", "OperationalError")
+            if operational is not None and isinstance(error, operational):
+                raise database_unusable(settings, _cause(cast("OperationalError", error))) from None
+            raise
 
     def main(
         self,

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import orjson
-from sqlalchemy import select
 
-from property_pipeline.api.client import PropertySearchClient
-from property_pipeline.api.sandbox import FaultConfig, SandboxConfig, SandboxServer, serve_forever
-from property_pipeline.capture import (
-    Campaign,
-    CampaignConfigError,
-    CaptureError,
-    CaptureReport,
-    capture_campaign,
-    capture_campaigns,
-    load_campaigns,
-)
 from property_pipeline.cli.app import (
     EXIT_FAILED,
     EXIT_OK,
@@ -31,19 +18,20 @@ from property_pipeline.cli.app import (
     pipeline_command,
     print_json,
 )
-from property_pipeline.cli.core import print_status
-from property_pipeline.db.schema import batch_file_status
-from property_pipeline.processing.processor import PayloadProcessor
-from property_pipeline.runtime import Pipeline
 from property_pipeline.settings import Settings
-from property_pipeline.states import FileStatus
-from property_pipeline.store.layout import PayloadPathError, validate_campaign_id
+
+if TYPE_CHECKING:
+    from property_pipeline.api.client import PropertySearchClient
+    from property_pipeline.capture import Campaign, CaptureReport
+    from property_pipeline.runtime import Pipeline
 
 DEMO_CAMPAIGN = "demo-sandbox"
 DEMO_RECORDS = 3000
 
 
 def _client(pipeline: Pipeline, base_url: str | None = None, api_key: str | None = None) -> PropertySearchClient:
+    from property_pipeline.api.client import PropertySearchClient
+
     settings = pipeline.settings
     return PropertySearchClient(
         base_url or settings.api_base_url,
@@ -85,6 +73,9 @@ def _campaigns_to_capture(
     pipeline: Pipeline, campaign_id: str | None, criteria: str | None, capture_all: bool, allow_unfiltered: bool
 ) -> list[Campaign]:
     """The campaigns a `capture` command asked for, each checked before anything is fetched (usage errors exit 2)."""
+    from property_pipeline.capture import Campaign, CampaignConfigError, load_campaigns
+    from property_pipeline.store.layout import PayloadPathError, validate_campaign_id
+
     if capture_all == (campaign_id is not None):
         raise PipelineUsageError("give either --campaign ID or --all (the enabled campaigns of the campaigns file)")
     campaigns_file = pipeline.settings.campaigns_file
@@ -114,6 +105,8 @@ def _campaigns_to_capture(
 
 
 def _criteria(text: str) -> dict[str, object]:
+    import orjson
+
     try:
         parsed = orjson.loads(text)
     except orjson.JSONDecodeError as error:
@@ -147,6 +140,8 @@ def capture(
     as_json: bool,
 ) -> None:
     """Fetch a campaign's pages and store each, byte for byte, as a PENDING payload file (no property rows)."""
+    from property_pipeline.capture import capture_campaigns
+
     campaigns = _campaigns_to_capture(pipeline, campaign_id, criteria, capture_all, allow_unfiltered)
     with _client(pipeline) as client:
         done = capture_campaigns(pipeline.engine, pipeline.root, client, campaigns, max_pages=max_pages, resume=resume)
@@ -190,6 +185,8 @@ def sandbox_api(
 
     It requires the key in PROPERTY_API_KEY when that is set.
     """
+    from property_pipeline.api.sandbox import FaultConfig, SandboxConfig, serve_forever
+
     try:
         faults = FaultConfig(rate_limit, server_errors, slow, slow_seconds, truncate, fail_first, seed)
     except ValueError as error:
@@ -202,6 +199,17 @@ def sandbox_api(
 @pipeline_command
 def demo(pipeline: Pipeline, records: int) -> None:
     """Run the whole pipeline on the bundled sandbox API: capture, register, process, and show the result."""
+    import secrets
+
+    from sqlalchemy import select
+
+    from property_pipeline.api.sandbox import SandboxConfig, SandboxServer
+    from property_pipeline.capture import Campaign, CaptureError, capture_campaign
+    from property_pipeline.cli.core import print_status
+    from property_pipeline.db.schema import batch_file_status
+    from property_pipeline.processing.processor import PayloadProcessor
+    from property_pipeline.states import FileStatus
+
     key = pipeline.settings.api_key or secrets.token_urlsafe(24)
     click.echo(f"1. starting the sandbox API with {records} properties on 127.0.0.1")
     with SandboxServer(SandboxConfig(records=records, seed=42, api_key=key)) as server:

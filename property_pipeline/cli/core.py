@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,17 +19,11 @@ from property_pipeline.cli.app import (
     print_json,
     table,
 )
-from property_pipeline.db.engine import create_db_engine, upgrade
-from property_pipeline.db.queries import file_states, file_statuses, month_statuses, problem_files
-from property_pipeline.integrity import verify_files
-from property_pipeline.monitoring.report import build_status_report, format_age_since
-from property_pipeline.processing.parallel import default_workers, process_backlog
-from property_pipeline.processing.processor import FileOutcome, ProcessingReport
-from property_pipeline.processing.requeue import retry_failed_files
-from property_pipeline.registration import DropInRules, register_unregistered
-from property_pipeline.runtime import Pipeline
 from property_pipeline.settings import Settings
-from property_pipeline.store import markers
+
+if TYPE_CHECKING:
+    from property_pipeline.processing.processor import FileOutcome, ProcessingReport
+    from property_pipeline.runtime import Pipeline
 
 
 @main.group()
@@ -41,6 +35,8 @@ def db() -> None:
 @click.pass_obj
 def db_upgrade(settings: Settings) -> None:
     """Bring the database to the newest schema (Alembic migrations shipped in the package)."""
+    from property_pipeline.db.engine import create_db_engine, upgrade
+
     engine = create_db_engine(settings.db_url)
     try:
         before, after = upgrade(engine)
@@ -58,6 +54,8 @@ def db_upgrade(settings: Settings) -> None:
 @pipeline_command
 def register(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     """Register payload files that are on disk but not yet in the database, as PENDING."""
+    from property_pipeline.registration import DropInRules, register_unregistered
+
     report = register_unregistered(
         pipeline.engine, pipeline.root, "cli:register", month, rules=DropInRules.from_settings(pipeline.settings)
     )
@@ -149,6 +147,9 @@ def process(
     pipeline: Pipeline, month: str | None, include_failed: bool, limit: int | None, workers: int | None, as_json: bool
 ) -> None:
     """Load PENDING files into the database, each exactly once, each in one transaction."""
+    from property_pipeline.db.queries import month_statuses
+    from property_pipeline.processing.parallel import default_workers, process_backlog
+
     statuses = month_statuses(pipeline.engine, month)
     total = sum(s.pending + (s.failed if include_failed else 0) for s in statuses)
     progress = Progress(min(total, limit) if limit else total)
@@ -221,6 +222,9 @@ def print_processing_report(report: ProcessingReport, as_json: bool, **extra: An
 @pipeline_command(read_only=True)
 def status(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     """Files by status and month; stuck and failed files with their errors."""
+    from property_pipeline.db.queries import month_statuses, problem_files
+    from property_pipeline.monitoring.report import build_status_report
+
     if as_json:
         months = month_statuses(pipeline.engine, month)
         stuck, failed = problem_files(pipeline.engine, month)
@@ -243,6 +247,9 @@ def status(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
 
 def print_status(pipeline: Pipeline, month: str | None = None) -> None:
     """The status picture as readable tables (also shown at the end of the demo)."""
+    from property_pipeline.db.queries import month_statuses, problem_files
+    from property_pipeline.monitoring.report import build_status_report, format_age_since
+
     months = month_statuses(pipeline.engine, month)
     stuck, failed = problem_files(pipeline.engine, month)
     if not months:
@@ -347,6 +354,8 @@ def print_status(pipeline: Pipeline, month: str | None = None) -> None:
 @pipeline_command(read_only=True)
 def verify(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     """Check that every registered file still exists and matches its SHA-256."""
+    from property_pipeline.integrity import verify_files
+
     report = verify_files(pipeline.engine, pipeline.root, month)
     root_exists = pipeline.root.payloads.is_dir()
     if as_json:
@@ -382,6 +391,9 @@ def retry(pipeline: Pipeline, file_ids: tuple[int, ...], month: str | None, all_
 
     A DISCARDED file comes back only when named by --file-id (a month or --all-failed never undoes a discard).
     """
+    from property_pipeline.db.queries import file_statuses
+    from property_pipeline.processing.requeue import retry_failed_files
+
     if not (file_ids or month or all_failed):
         raise PipelineUsageError("say what to retry: --file-id N, --month YYYY-MM or --all-failed")
     before = file_statuses(pipeline.engine, list(file_ids)) if file_ids else {}
@@ -403,5 +415,8 @@ def retry(pipeline: Pipeline, file_ids: tuple[int, ...], month: str | None, all_
 @pipeline_command
 def reconcile(pipeline: Pipeline) -> None:
     """Rebuild the pending/ and processed/ marker folders from the database (after a crash)."""
+    from property_pipeline.db.queries import file_states
+    from property_pipeline.store import markers
+
     changed = markers.reconcile_markers(pipeline.root, file_states(pipeline.engine))
     click.echo(f"{changed} markers fixed")

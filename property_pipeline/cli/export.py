@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Literal
 import click
 
 from property_pipeline.cli.app import PipelineUsageError, main, pipeline_command
-from property_pipeline.runtime import Pipeline
 from property_pipeline.store.layout import PayloadPathError, validate_month
 
 if TYPE_CHECKING:
     from property_pipeline.exports import ExportReport
     from property_pipeline.frames import FrameStream
+    from property_pipeline.runtime import Pipeline
 
 FORMATS = ("csv", "jsonl", "parquet")  # as property_pipeline.exports.FORMATS (a test keeps them equal)
 Format = Literal["csv", "jsonl", "parquet"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import click
 
@@ -20,15 +21,13 @@ from property_pipeline.cli.app import (
     table,
 )
 from property_pipeline.cli.core import Progress, print_processing_report
-from property_pipeline.db.engine import create_db_engine, ensure_schema, open_existing_database
-from property_pipeline.digest import Digest, compute_digest
-from property_pipeline.processing import replay
-from property_pipeline.processing.parallel import default_workers, process_backlog
-from property_pipeline.processing.processor import ProcessingReport
-from property_pipeline.processing.rebuild import rebuild as rebuild_into
-from property_pipeline.runtime import Pipeline
 from property_pipeline.settings import Settings
-from property_pipeline.store.layout import PayloadRoot
+
+if TYPE_CHECKING:
+    from property_pipeline.digest import Digest
+    from property_pipeline.processing import replay
+    from property_pipeline.processing.processor import ProcessingReport
+    from property_pipeline.runtime import Pipeline
 
 workers_option = click.option(
     "--workers",
@@ -57,6 +56,9 @@ def reprocess_files(
     workers: int | None,
 ) -> tuple[list[int], ProcessingReport]:
     """COMPLETED → PENDING for the plan's files, then load them again (the ordinary processing path)."""
+    from property_pipeline.processing import replay
+    from property_pipeline.processing.parallel import default_workers, process_backlog
+
     marked = replay.mark_for_reprocessing(pipeline.engine, pipeline.root, actor, plan, reason, on_wait=_say_waiting)
     # A month's files are processed by month (files already PENDING there load too); files named by id, by id.
     in_scope = [file_id for file_id, _ in plan.to_reprocess] + [
@@ -120,6 +122,8 @@ def reprocess(
     links and quarantine are replaced in the same transaction, and newest wins (an older file never
     overwrites what a later capture delivered).
     """
+    from property_pipeline.processing import replay
+
     if campaign is not None and month is None:
         raise PipelineUsageError("--campaign needs --month: say which month of the campaign to reprocess")
     if bool(month) == bool(file_ids):
@@ -170,6 +174,8 @@ def discard(pipeline: Pipeline, file_ids: tuple[int, ...], reason: str) -> None:
     A discarded file is never loaded, stays on disk until retention archives it like any other, and
     counts as settled: its month passes its checks and stops alerting. `retry --file-id N` takes it back.
     """
+    from property_pipeline.processing import replay
+
     reason = _reason(reason)
     discarded = replay.discard(pipeline.engine, pipeline.root, "cli:discard", list(file_ids), reason)
     for file_id in discarded:
@@ -201,6 +207,11 @@ def rebuild(
 
     Stopped part way (Ctrl-C, a crash): run the same command again; it carries on.
     """
+    from property_pipeline.db.engine import create_db_engine, ensure_schema, open_existing_database
+    from property_pipeline.processing.parallel import default_workers
+    from property_pipeline.processing.rebuild import rebuild as rebuild_into
+    from property_pipeline.store.layout import PayloadRoot
+
     source = open_existing_database(settings.db_url)
     target = create_db_engine(into_url)
     try:
@@ -272,6 +283,8 @@ def digest(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     Covered: every `properties` column except load times, with the source file's path instead of its id;
     every quarantined record. See docs/replay.md.
     """
+    from property_pipeline.digest import compute_digest
+
     result = compute_digest(pipeline.engine, month)
     if as_json:
         print_json({**asdict(result), "sha256": result.sha256})

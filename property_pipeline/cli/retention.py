@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,16 +20,10 @@ from property_pipeline.cli.app import (
 )
 from property_pipeline.cli.core import print_processing_report
 from property_pipeline.cli.replay import print_plan, reprocess_files
-from property_pipeline.processing import replay
-from property_pipeline.retention import (
-    RestoreReport,
-    RetentionPlan,
-    RetentionReport,
-    apply_retention,
-    plan_retention,
-    restore_month,
-)
-from property_pipeline.runtime import Pipeline
+
+if TYPE_CHECKING:
+    from property_pipeline.retention import RestoreReport, RetentionPlan, RetentionReport
+    from property_pipeline.runtime import Pipeline
 
 
 def human_bytes(size: int) -> str:
@@ -57,6 +52,8 @@ def human_bytes(size: int) -> str:
 def cleanup(pipeline: Pipeline, dry_run: bool, archive: bool | None, keep_months: int | None, as_json: bool) -> None:
     """Archive, verify, then delete the settled (COMPLETED or DISCARDED) payload files of months older than the
     kept window."""
+    from property_pipeline.retention import apply_retention, plan_retention
+
     pipeline.read_only = dry_run  # a dry run only looks: it creates nothing (set before the database is opened)
     settings = pipeline.settings
     archive = settings.archive_enabled if archive is None else archive
@@ -137,6 +134,9 @@ def _print_report(report: RetentionReport) -> None:
 @pipeline_command
 def restore(pipeline: Pipeline, month: str | None, reprocess: bool, reason: str, as_json: bool) -> None:
     """Put a month's archived payload files back on disk, verified byte for byte, so they can be reprocessed."""
+    from property_pipeline.processing import replay
+    from property_pipeline.retention import restore_month
+
     if month is None:
         raise PipelineUsageError("say which month to restore: --month YYYY-MM")
     report = restore_month(pipeline.engine, pipeline.root, month, on_wait=_say_waiting)

@@ -1,4 +1,8 @@
-"""Connecting to the database and bringing its schema to the newest migration."""
+"""Connecting to the database and bringing its schema to the newest migration.
+
+Alembic is imported only to migrate: a command on a database already at `HEAD_REVISION` reads the
+stamped revision with one query and goes on (a test keeps `HEAD_REVISION` equal to Alembic's head).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,21 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
 
 from property_pipeline.errors import ConfigurationError, NothingThere
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# The newest migration in MIGRATIONS_DIR/versions. A database stamped with it is current: no Alembic needed.
+HEAD_REVISION = "0010_links_without_rowid"
+VERSION_TABLE = "alembic_version"
 PG_MIGRATION_LOCK = 7_220_001  # advisory lock key: one migrator at a time
 # Execution option for long reads on SQLite (exports, DataFrames): begin DEFERRED instead of IMMEDIATE.
 # In WAL mode such a transaction reads one snapshot without holding the write lock processing needs.
@@ -77,6 +83,8 @@ def create_db_engine(url: str, *, create_folder: bool = True) -> Engine:
 
 
 def _alembic_config(connection: Connection) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
@@ -84,6 +92,10 @@ def _alembic_config(connection: Connection) -> Config:
 
 
 def head_revision() -> str:
+    """The head of the migrations folder, as Alembic reads it (it imports every migration)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     head = ScriptDirectory.from_config(config).get_current_head()
@@ -92,8 +104,20 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The revision stamped in the database's `alembic_version` (None for a database without pipeline tables),
+    read as Alembic reads it, without Alembic."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not inspect(connection).has_table(VERSION_TABLE):
+            return None
+        stamped = list(connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars())
+    if len(stamped) > 1:  # the migrations are one line of revisions: two heads means someone else's stamps
+        raise SchemaOutOfDate(f"the database has more than one schema revision stamped ({', '.join(stamped)})")
+    return stamped[0] if stamped else None
+
+
+def is_current(revision: str | None) -> bool:
+    """True when `revision` is the newest schema: the constant first, Alembic's own reading when they differ."""
+    return revision == HEAD_REVISION or (revision is not None and revision == head_revision())
 
 
 @contextmanager
@@ -150,6 +174,8 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Apply migrations up to `revision`; returns (revision before, revision after)."""
     with _migration_lock(engine):
         before = current_revision(engine)
+        from alembic import command
+
         with _migration_transaction(engine) as connection:
             command.upgrade(_alembic_config(connection), revision)
         after = current_revision(engine)
@@ -162,6 +188,8 @@ def downgrade(engine: Engine, revision: str) -> tuple[str | None, str | None]:
     """Undo migrations down to `revision` (rolling back a release); returns (revision before, revision after)."""
     with _migration_lock(engine):
         before = current_revision(engine)
+        from alembic import command
+
         with _migration_transaction(engine) as connection:
             command.downgrade(_alembic_config(connection), revision)
         after = current_revision(engine)
@@ -191,7 +219,7 @@ def open_existing_database(url: str) -> Engine:
                 f"the database at {where} has no pipeline tables (PROPERTY_PIPELINE_DB_URL): nothing is there yet. "
                 "Check the variable, or create them with `property-pipeline db upgrade`"
             )
-        if revision != head_revision():
+        if not is_current(revision):
             raise SchemaOutOfDate(
                 f"the database schema is at revision {revision}, this version needs {head_revision()}: "
                 "run `property-pipeline db upgrade` first"
@@ -205,7 +233,7 @@ def open_existing_database(url: str) -> Engine:
 def ensure_schema(engine: Engine) -> None:
     """Create the schema on an empty database; refuse to run on an older schema without `db upgrade`."""
     revision = current_revision(engine)
-    if revision == head_revision():
+    if is_current(revision):
         return
     if revision is None:
         existing = set(inspect(engine).get_table_names()) - {"alembic_version"}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, func, select, text
+from sqlalchemy import Engine, case, func, select, text
 
 from property_pipeline.db.schema import (
     as_utc,
@@ -19,6 +19,7 @@ from property_pipeline.db.schema import (
     utcnow,
 )
 from property_pipeline.db.schema import batch_file_status as files
+from property_pipeline.db.schema import file_totals as totals_table
 from property_pipeline.states import SETTLED, FileStatus
 
 
@@ -79,68 +80,63 @@ class FileTotals:
     discarded_deleted: int = 0  # of which retention removed from disk (the rest of `deleted` were COMPLETED)
 
 
-def _count(condition: Any) -> Any:
-    return func.sum(case((condition, 1), else_=0))
-
-
-def _sum_where(condition: Any, column: Any) -> Any:
-    return func.coalesce(func.sum(case((condition, column), else_=0)), 0)
-
-
 def file_totals(engine: Engine, month: str | None = None) -> list[FileTotals]:
-    """FileTotals per month and campaign (one month when given), in month and campaign order."""
-    on_disk = files.c.deleted_at.is_(None)
-    completed = files.c.status == FileStatus.COMPLETED
-    waiting_since = func.coalesce(files.c.pending_since, files.c.created_at)
-    query = (
-        select(
-            files.c.month,
-            files.c.campaign_id,
-            _count(files.c.status == FileStatus.PENDING).label("pending"),
-            _count(files.c.status == FileStatus.PROCESSING).label("processing"),
-            _count(completed).label("completed"),
-            _count(files.c.status == FileStatus.FAILED).label("failed"),
-            _count(files.c.status == FileStatus.DISCARDED).label("discarded"),
-            _count(and_(files.c.status == FileStatus.DISCARDED, files.c.deleted_at.is_not(None))).label(
-                "discarded_deleted"
-            ),
-            _count(files.c.duplicate_of_file_id.is_not(None)).label("duplicates"),
-            _sum_where(completed, files.c.success_count).label("loaded"),
-            _sum_where(completed, files.c.error_count).label("quarantined"),
-            func.min(case((files.c.status == FileStatus.PENDING, waiting_since))).label("oldest_pending"),
-            func.count(files.c.archived_at).label("archived"),
-            func.count(files.c.deleted_at).label("deleted"),
-            _sum_where(on_disk, func.coalesce(files.c.properties_count, 0)).label("records_on_disk"),
-            _sum_where(on_disk, files.c.file_size_bytes).label("bytes_on_disk"),
-        )
+    """FileTotals per month and campaign (one month when given), in month and campaign order.
+
+    Read from `file_totals` (one row per month and campaign, which triggers keep equal to a count of
+    the status table), and the oldest PENDING file of each from the PENDING files alone: neither reads
+    the settled files, however many there are.
+    """
+    waiting_since = func.min(func.coalesce(files.c.pending_since, files.c.created_at))
+    oldest_query = (
+        select(files.c.month, files.c.campaign_id, waiting_since.label("oldest_pending"))
+        .where(files.c.status == FileStatus.PENDING)
         .group_by(files.c.month, files.c.campaign_id)
-        .order_by(files.c.month, files.c.campaign_id)
+    )
+    query = (
+        select(totals_table).where(totals_table.c.files > 0).order_by(totals_table.c.month, totals_table.c.campaign_id)
     )
     if month is not None:
-        query = query.where(files.c.month == month)
+        query = query.where(totals_table.c.month == month)
+        oldest_query = oldest_query.where(files.c.month == month)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
+        # MIN() of a time: SQLite returns it as untyped text.
+        oldest = {(row.month, row.campaign_id): as_utc(row.oldest_pending) for row in conn.execute(oldest_query)}
     return [
         FileTotals(
             month=row.month,
             campaign_id=row.campaign_id,
-            pending=int(row.pending or 0),
-            processing=int(row.processing or 0),
-            completed=int(row.completed or 0),
-            failed=int(row.failed or 0),
-            duplicates=int(row.duplicates or 0),
-            records_loaded=int(row.loaded or 0),
-            records_quarantined=int(row.quarantined or 0),
-            oldest_pending_at=as_utc(row.oldest_pending),  # MIN() of a time: SQLite returns it as untyped text
-            archived=int(row.archived or 0),
-            deleted=int(row.deleted or 0),
-            records_on_disk=int(row.records_on_disk or 0),
-            bytes_on_disk=int(row.bytes_on_disk or 0),
-            discarded=int(row.discarded or 0),
-            discarded_deleted=int(row.discarded_deleted or 0),
+            pending=row.pending,
+            processing=row.processing,
+            completed=row.completed,
+            failed=row.failed,
+            duplicates=row.duplicates,
+            records_loaded=row.records_loaded,
+            records_quarantined=row.records_quarantined,
+            oldest_pending_at=oldest.get((row.month, row.campaign_id)),
+            archived=row.archived,
+            deleted=row.deleted,
+            records_on_disk=row.records_on_disk,
+            bytes_on_disk=row.bytes_on_disk,
+            discarded=row.discarded,
+            discarded_deleted=row.discarded_deleted,
         )
         for row in rows
     ]
+
+
+def processing_throughput(engine: Engine, month: str | None = None) -> tuple[int, int]:
+    """(rows loaded, milliseconds spent loading them) over the COMPLETED originals in scope, from `file_totals`."""
+    query = select(
+        func.coalesce(func.sum(totals_table.c.original_rows_loaded), 0),
+        func.coalesce(func.sum(totals_table.c.original_processing_ms), 0),
+    )
+    if month is not None:
+        query = query.where(totals_table.c.month == month)
+    with engine.connect() as conn:
+        rows, milliseconds = conn.execute(query).one()
+    return int(rows), int(milliseconds)
 
 
 def month_statuses(engine: Engine, month: str | None = None) -> list[MonthStatus]:
@@ -202,22 +198,23 @@ class RowCountMismatch:
 
 
 def row_count_mismatches(engine: Engine, month: str | None = None) -> tuple[int, int, list[RowCountMismatch]]:
-    """(sum of success_count, link rows, mismatching files) over the COMPLETED files in scope."""
-    links = (
-        select(file_properties.c.file_id, func.count().label("link_rows"))
-        .group_by(file_properties.c.file_id)
-        .subquery()
+    """(sum of success_count, link rows, mismatching files) over the COMPLETED files in scope.
+
+    The link rows are counted file by file (a range of the links' primary key), so a month's check
+    reads that month's links only, not every file's.
+    """
+    link_rows = (
+        select(func.count())
+        .select_from(file_properties)
+        .where(file_properties.c.file_id == files.c.file_id)
+        .scalar_subquery()
     )
-    query = (
-        select(
-            files.c.file_id,
-            files.c.file_path,
-            files.c.success_count,
-            func.coalesce(links.c.link_rows, 0).label("link_rows"),
-        )
-        .select_from(files.outerjoin(links, links.c.file_id == files.c.file_id))
-        .where(files.c.status == FileStatus.COMPLETED)
-    )
+    query = select(
+        files.c.file_id,
+        files.c.file_path,
+        files.c.success_count,
+        link_rows.label("link_rows"),
+    ).where(files.c.status == FileStatus.COMPLETED)
     if month is not None:
         query = query.where(files.c.month == month)
     with engine.connect() as conn:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
-from property_pipeline.db.queries import file_totals
+from property_pipeline.db.queries import file_totals, processing_throughput
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import utcnow
 from property_pipeline.states import FileStatus
@@ -84,7 +84,7 @@ class StatusReport:
 
 
 def build_status_report(engine: Engine, *, month: str | None = None, now: datetime | None = None) -> StatusReport:
-    """Read the status table once per question and assemble the report."""
+    """Assemble the report: the totals per month and campaign, and a few lines of files read through indexes."""
     report = StatusReport(generated_at=now or utcnow())
     scope = [files.c.month == month] if month else []
     line_columns = (
@@ -108,9 +108,6 @@ def build_status_report(engine: Engine, *, month: str | None = None, now: dateti
         .order_by(files.c.processed_at.desc(), files.c.file_id.desc())
         .limit(LATEST_ERRORS)
     )
-    throughput = select(
-        func.coalesce(func.sum(files.c.success_count), 0), func.coalesce(func.sum(files.c.processing_time_ms), 0)
-    ).where(files.c.status == FileStatus.COMPLETED, files.c.duplicate_of_file_id.is_(None), *scope)
     report.rows = [
         CampaignMonth(
             t.month,
@@ -129,8 +126,8 @@ def build_status_report(engine: Engine, *, month: str | None = None, now: dateti
     with engine.connect() as conn:
         report.slowest = [FileLine(**row._mapping) for row in conn.execute(slowest)]
         report.latest_errors = [FileLine(**row._mapping) for row in conn.execute(errors)]
-        loaded, milliseconds = conn.execute(throughput).one()
-    report.rows_per_second = round(int(loaded) / (int(milliseconds) / 1000), 1) if milliseconds else 0.0
+    loaded, milliseconds = processing_throughput(engine, month)
+    report.rows_per_second = round(loaded / (milliseconds / 1000), 1) if milliseconds else 0.0
     return report
 
 

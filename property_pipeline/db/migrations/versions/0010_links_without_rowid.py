@@ -6,14 +6,14 @@ itself, which is what a table of two short keys wants (SQLite's own advice: rows
 twentieth of a page). The rows are copied as they are.
 
 Revision ID: 0010_links_without_rowid
-Revises: 0008_replay
+Revises: 0009_registry_at_scale
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
 revision = "0010_links_without_rowid"
-down_revision = "0008_replay"
+down_revision = "0009_registry_at_scale"
 branch_labels = None
 depends_on = None
 
