@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from property_pipeline.db.engine import create_db_engine, upgrade
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 
 PG_ADMIN_URL = os.environ.get("PROPERTY_PIPELINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

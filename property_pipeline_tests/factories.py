@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline.store.writer import StoredPayload, write_payload
 
 BASE_TIME = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)

@@ -28,7 +28,7 @@ from property_pipeline.processing.processor import ProcessingReport
 from property_pipeline.processing.rebuild import rebuild as rebuild_into
 from property_pipeline.runtime import Pipeline
 from property_pipeline.settings import Settings
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 
 workers_option = click.option(
     "--workers",
@@ -57,7 +57,7 @@ def reprocess_files(
     workers: int | None,
 ) -> tuple[list[int], ProcessingReport]:
     """COMPLETED → PENDING for the plan's files, then load them again (the ordinary processing path)."""
-    marked = replay.mark_for_reprocessing(pipeline.engine, pipeline.root, actor, plan, reason, on_wait=_say_waiting)
+    marked = replay.mark_for_reprocessing(pipeline.engine, pipeline.store, actor, plan, reason, on_wait=_say_waiting)
     # A month's files are processed by month (files already PENDING there load too); files named by id, by id.
     in_scope = [file_id for file_id, _ in plan.to_reprocess] + [
         file_id for file_id, _, state in plan.not_completed if state == "PENDING"
@@ -67,7 +67,7 @@ def reprocess_files(
     try:
         report = process_backlog(
             pipeline.engine,
-            pipeline.root,
+            pipeline.store,
             workers=workers,
             lease_seconds=pipeline.settings.lease_seconds,
             max_payload_bytes=pipeline.settings.max_payload_bytes,
@@ -171,7 +171,7 @@ def discard(pipeline: Pipeline, file_ids: tuple[int, ...], reason: str) -> None:
     counts as settled: its month passes its checks and stops alerting. `retry --file-id N` takes it back.
     """
     reason = _reason(reason)
-    discarded = replay.discard(pipeline.engine, pipeline.root, "cli:discard", list(file_ids), reason)
+    discarded = replay.discard(pipeline.engine, pipeline.store, "cli:discard", list(file_ids), reason)
     for file_id in discarded:
         click.echo(f"file {file_id}: FAILED -> DISCARDED ({reason})")
     missing = sorted(set(file_ids) - set(discarded))

@@ -35,7 +35,8 @@ from property_pipeline.settings import (
 )
 from property_pipeline.states import FileStatus
 from property_pipeline.store import markers
-from property_pipeline.store.layout import PayloadPathError, PayloadRoot
+from property_pipeline.store.backend import PayloadStore, PayloadTooLarge
+from property_pipeline.store.layout import PayloadPathError
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ class PayloadProcessor:
     def __init__(
         self,
         engine: Engine,
-        root: PayloadRoot,
+        store: PayloadStore,
         *,
         lease_seconds: int = DEFAULT_LEASE_SECONDS,
         worker: str | None = None,
@@ -184,7 +185,7 @@ class PayloadProcessor:
         markers, no processing copy): for a processor whose database is not the one those markers mirror,
         such as a rebuild into a fresh database."""
         self.engine = engine
-        self.root = root
+        self.store = store
         self.lease_seconds = lease_seconds
         self.worker = worker or new_worker_id()
         self.max_payload_bytes = max_payload_bytes
@@ -211,7 +212,7 @@ class PayloadProcessor:
         if prepare:
             report.requeued, report.retried = prepare_backlog(
                 self.engine,
-                self.root,
+                self.store,
                 self.worker,
                 month=month,
                 file_ids=file_ids,
@@ -253,22 +254,28 @@ class PayloadProcessor:
                 self._check_size(payload, len(body))
                 outcome = self._load(payload, io.BytesIO(body), started)
             else:
-                source = self.root.resolve(payload.file_path)
-                if not source.is_file():
+                size = self.store.payload_size(payload.file_path)
+                if size is None:
                     raise FileProblem(
-                        f"payload file {payload.file_path} is missing from {self.root.payloads}; "
+                        f"payload file {payload.file_path} is missing from {self.store.describe()}; "
                         "restore it (property-pipeline restore, or from a backup), then retry"
                     )
-                self._check_size(payload, source.stat().st_size)  # before it is copied or read: memory stays bounded
-                if self.mirror_markers:
-                    copy = markers.processing_copy(self.root, payload.file_id, source)
-                # Held open: the copy's name may be tidied away, never its bytes.
-                with open(copy if copy is not None else source, "rb") as handle:
-                    outcome = self._load(payload, handle, started)
+                self._check_size(payload, size)  # before it is copied or read: memory stays bounded
+                root = self.store.folder
+                if self.mirror_markers and root is not None:
+                    copy = markers.processing_copy(root, payload.file_id, root.resolve(payload.file_path))
+                    # Held open: the copy's name may be tidied away, never its bytes.
+                    with open(copy, "rb") as handle:
+                        outcome = self._load(payload, handle, started)
+                else:
+                    with self.store.open_payload(payload.file_path, self.max_payload_bytes) as handle:
+                        outcome = self._load(payload, handle, started)
         except status.LostClaim as error:
             log.warning("%s", error)
             return FileOutcome(payload.file_id, payload.file_path, Outcome.LOST, 0, 0, 0, 0, str(error))
-        except (FileProblem, PayloadPathError, OSError) as error:
+        except PayloadTooLarge as error:
+            outcome = self._fail(payload, str(self._too_large(payload, error.size)), started)
+        except (FileProblem, PayloadPathError, OSError) as error:  # PayloadMissing, PayloadStoreUnavailable too
             outcome = self._fail(payload, str(error), started)
         except ConflictsPersisted as error:
             self._release_quietly(payload, str(error))
@@ -289,8 +296,7 @@ class PayloadProcessor:
             if copy is not None:
                 markers.drop_processing_copy(copy)
         if self.mirror_markers:
-            markers.follow(
-                self.root,
+            self.store.follow(
                 payload.file_path,
                 FileStatus(outcome.status),  # COMPLETED or FAILED here: the file's new state
                 file_id=payload.file_id,
@@ -302,11 +308,14 @@ class PayloadProcessor:
 
     def _check_size(self, payload: PayloadFile, size: int) -> None:
         if size > self.max_payload_bytes:
-            raise FileProblem(
-                f"payload file {payload.file_path} is {size:,} bytes, above the limit of "
-                f"{self.max_payload_bytes:,} (PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES); it was not read. "
-                "Raise the limit if the file is genuine, then retry"
-            )
+            raise self._too_large(payload, size)
+
+    def _too_large(self, payload: PayloadFile, size: int) -> FileProblem:
+        return FileProblem(
+            f"payload file {payload.file_path} is {size:,} bytes, above the limit of "
+            f"{self.max_payload_bytes:,} (PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES); it was not read. "
+            "Raise the limit if the file is genuine, then retry"
+        )
 
     def _load(self, payload: PayloadFile, handle: BinaryIO, started: float) -> FileOutcome:
         """Verify, parse and load the file in one transaction; a transaction that loses to a concurrent one is
@@ -320,7 +329,7 @@ class PayloadProcessor:
                     # Records are validated while they load: the counts are known once load_records returns.
                     dropped = load_records(conn, payload, page)
                     # A reload whose page no longer delivers some properties: they get their other sources.
-                    replay.give_new_sources(conn, payload.file_id, dropped, replay.page_reader(self.root))
+                    replay.give_new_sources(conn, payload.file_id, dropped, replay.page_reader(self.store))
                     elapsed_ms = _elapsed_ms(started)
                     status.mark_completed(
                         conn,
@@ -410,7 +419,7 @@ class PayloadProcessor:
             with self.engine.begin() as conn:
                 status.hold_claim(conn, payload.file_id, self.worker)
                 dropped = replay.unload(conn, payload.file_id)
-                replay.give_new_sources(conn, payload.file_id, dropped, replay.page_reader(self.root))
+                replay.give_new_sources(conn, payload.file_id, dropped, replay.page_reader(self.store))
                 return status.mark_failed_in(conn, payload.file_id, self.worker, message, processing_time_ms=elapsed_ms)
         except status.LostClaim:
             return False

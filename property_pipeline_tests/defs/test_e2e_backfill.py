@@ -32,7 +32,7 @@ from property_pipeline.db.schema import batch_file_status
 from property_pipeline.db.schema import properties as properties_table
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline.store.writer import StoredPayload
 from property_pipeline_tests.conftest import TABLES
 from property_pipeline_tests.defs.conftest import statuses, write_month
