@@ -69,7 +69,7 @@ def client_for(endpoint: str, *, max_attempts: int = 5):  # type: ignore[no-unty
         aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
         config=Config(
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
             s3={"addressing_style": "path"},
             connect_timeout=5,
             read_timeout=10,
@@ -96,6 +96,8 @@ class Faults:
     cut_puts: int = 0  # PUTs whose body is read halfway, then the connection is closed (nothing forwarded)
     lost_put_responses: int = 0  # PUTs forwarded (the server stores them), then the connection is closed
     after_list_page: Callable[[], None] | None = None  # run once, after the first listing page was answered
+    after_head: Callable[[], None] | None = None  # run once, after the first HEAD was answered
+    list_query_contains: str = ""  # ... of a listing whose query string contains this (a month's prefix)
 
 
 class FaultyProxy:
@@ -177,14 +179,18 @@ class FaultyProxy:
         for name, value in headers:
             if name.lower() not in {"transfer-encoding", "connection", "content-length", "server", "date"}:
                 request.send_header(name, value)
-        request.send_header("Content-Length", str(len(answer)))
+        upstream_length = next((v for k, v in headers if k.lower() == "content-length"), "0")
+        request.send_header("Content-Length", upstream_length if request.command == "HEAD" else str(len(answer)))
         request.end_headers()
         if request.command != "HEAD":
             request.wfile.write(answer)
         hook = None
-        if request.command == "GET" and "list-type=2" in parts.query:
+        if request.command == "GET" and "list-type=2" in parts.query and self.faults.list_query_contains in parts.query:
             with self.lock:
                 hook, self.faults.after_list_page = self.faults.after_list_page, None
+        if request.command == "HEAD":
+            with self.lock:
+                hook, self.faults.after_head = self.faults.after_head, None
         if hook is not None:
             hook()
 

@@ -73,7 +73,7 @@ def checksum_header(sha256_hex: str) -> str:
 def s3_client(*, max_attempts: int = MAX_ATTEMPTS) -> S3Client:
     """A client configured from the standard AWS environment (AWS_ENDPOINT_URL for S3-compatible servers)."""
     config = Config(
-        retries={"max_attempts": max_attempts, "mode": "standard"},
+        retries={"total_max_attempts": max_attempts, "mode": "standard"},
         connect_timeout=10,
         read_timeout=60,
         # Path-style URLs work with every S3-compatible server; AWS accepts them too.
@@ -352,6 +352,6 @@ class S3Store:
 
     def _unavailable(self, action: str, key: str, error: Exception) -> PayloadStoreUnavailable:
         return PayloadStoreUnavailable(
-            f"could not {action} s3://{self.bucket}/{key} after {MAX_ATTEMPTS} attempts: {error}; "
+            f"could not {action} s3://{self.bucket}/{key} (retried): {error}; "
             "check the bucket, AWS_ENDPOINT_URL and the credentials, then rerun"
         )
