@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from property_pipeline.settings import Settings, SettingsError
 from property_pipeline.store.backend import PayloadMissing, PayloadStore, PayloadTooLarge
 from property_pipeline.store.choose import open_payload_store
 from property_pipeline.store.folder import PayloadRoot
@@ -130,3 +131,21 @@ def test_the_setting_chooses_the_backend(tmp_path) -> None:  # type: ignore[no-u
     s3 = open_payload_store("s3://my-bucket/landing/zone", tmp_path)
     assert isinstance(s3, S3Store) and s3.folder is None
     assert s3.describe() == "s3://my-bucket/landing/zone/property_payloads/"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("", None), ("s3://my-bucket", "s3://my-bucket"), ("s3://my-bucket/landing/zone", "s3://my-bucket/landing/zone")],
+)
+def test_the_payloads_url_setting_is_read_and_checked(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: str | None
+) -> None:
+    monkeypatch.setenv("PROPERTY_PIPELINE_PAYLOADS_URL", raw)
+    assert Settings.from_env().payloads_url == expected
+
+
+@pytest.mark.parametrize("raw", ["s3://", "s3://Bad_Bucket/x", "https://example.com/bucket", "gs://bucket"])
+def test_a_payloads_url_that_is_neither_a_folder_nor_s3_is_refused(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("PROPERTY_PIPELINE_PAYLOADS_URL", raw)
+    with pytest.raises(SettingsError, match="PROPERTY_PIPELINE_PAYLOADS_URL"):
+        Settings.from_env()
