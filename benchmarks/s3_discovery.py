@@ -76,8 +76,31 @@ def fill(store: S3Store, engine_url: str, captured: list[datetime]) -> None:
     engine.dispose()
 
 
+class RequestCounter:
+    """Counts the S3 requests a pass makes, by operation, and the time spent waiting for their answers."""
+
+    def __init__(self, store: S3Store) -> None:
+        self.counts: dict[str, int] = {}
+        self.seconds = 0.0
+        self._sent = 0.0
+        events = store.client.meta.events
+        events.register("before-send.s3", self._before)
+        events.register("needs-retry.s3", self._after)
+
+    def _before(self, **kwargs: object) -> None:
+        self._sent = time.perf_counter()
+
+    def _after(self, event_name: str, **kwargs: object) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        self.counts[operation] = self.counts.get(operation, 0) + 1
+        self.seconds += time.perf_counter() - self._sent
+
+    def reset(self) -> None:
+        self.counts, self.seconds = {}, 0.0
+
+
 def one_pass(
-    store: S3Store, engine_url: str, new: int, swept: str | None, now: datetime
+    store: S3Store, engine_url: str, new: int, swept: str | None, now: datetime, counter: RequestCounter
 ) -> tuple[float, int, str | None]:
     """Write `new` objects into the current month, then time one discovery pass that registers them."""
     base = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) + timedelta(hours=1)
@@ -89,6 +112,7 @@ def one_pass(
             base + timedelta(microseconds=index),
         )
     engine = create_db_engine(engine_url)
+    counter.reset()
     started = time.perf_counter()
     scan = scan_new_objects(engine, store, recent_months=recent_months(now), swept=swept, max_files=1000)
     report = register_objects(engine, store, scan.objects, "benchmark")
@@ -103,11 +127,13 @@ def main() -> int:
     parser.add_argument("--objects", type=int, default=50_000)
     parser.add_argument("--new", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--layouts", default="25,1", help="months the history is spread over, one run each")
     args = parser.parse_args()
     server = MotoServer()
     now = datetime.now(UTC)
     try:
-        for layout, months in (("25 months", 25), ("one month", 1)):
+        for months in (int(part) for part in args.layouts.split(",")):
+            layout = f"{months} months"
             with tempfile.TemporaryDirectory() as scratch:
                 bucket = f"bench-{uuid.uuid4().hex[:12]}"
                 client = client_for(server.url)
@@ -120,10 +146,13 @@ def main() -> int:
                 started = time.perf_counter()
                 fill(store, url, moments(args.objects, months, now))
                 filled = time.perf_counter() - started
-                times, swept, listed = [], None, 0
+                times, waits, swept, listed = [], [], None, 0
+                counter = RequestCounter(store)
                 for _ in range(args.repeats):
-                    elapsed, listed, swept = one_pass(store, url, args.new, swept, now)
+                    elapsed, listed, swept = one_pass(store, url, args.new, swept, now, counter)
                     times.append(elapsed)
+                    waits.append(counter.seconds)
+                    requests = dict(counter.counts)
                 print(
                     json.dumps(
                         {
@@ -133,6 +162,8 @@ def main() -> int:
                             "months_listed_per_pass": listed,
                             "pass_seconds": [round(t, 3) for t in times],
                             "median_pass_seconds": round(statistics.median(times), 3),
+                            "median_seconds_waiting_for_s3": round(statistics.median(waits), 3),
+                            "requests_per_pass": requests,  # the last pass's, writes of the new objects excluded
                             "fill_seconds": round(filled, 1),
                         }
                     ),
