@@ -23,6 +23,7 @@ from property_pipeline.retention.archive import (
 from property_pipeline.retention.months import month_lock, remove_leftovers
 from property_pipeline.retention.plan import Failure, RetentionFile, RetentionPlan, plan_months
 from property_pipeline.store.backend import PayloadStore
+from property_pipeline.store.folder import remove_original as _remove_original
 from property_pipeline.store.layout import PayloadPathError
 from property_pipeline.store.publish import (
     fsync_folder,
@@ -206,7 +207,12 @@ def _count_deleted(payload: RetentionFile, result: MonthResult) -> None:
 
 def _remove_or_report(store: PayloadStore, payload: RetentionFile, result: MonthResult) -> bool:
     try:
-        store.delete_payload(payload.file_path)
+        if (root := store.folder) is not None:
+            _remove_original(root.resolve(payload.file_path))  # checked not to be reached through a link
+        else:
+            store.delete_payload(payload.file_path)
+    except FileNotFoundError:
+        pass
     except (OSError, PayloadPathError) as error:
         result.failures.append(
             Failure(payload.file_path, f"could not delete: {error}; it stays on disk, fix it and rerun cleanup")

@@ -31,6 +31,12 @@ from property_pipeline.store.writer import StoredPayload, write_payload
 OWNER_WRITABLE = stat.S_IRUSR | stat.S_IWUSR
 
 
+def remove_original(path: Path) -> None:
+    """Delete one original payload (read-only 0444: made writable first, for filesystems that care)."""
+    os.chmod(path, OWNER_WRITABLE)
+    os.unlink(path)
+
+
 class PayloadRoot:
     """The data root (`PROPERTY_PIPELINE_LOGS_DIR`) and its sub-folders; refuses paths that leave it.
 
@@ -164,11 +170,8 @@ class PayloadRoot:
     def delete_payload(self, relative_path: str) -> None:
         path = self.resolve(relative_path)
         self.check_not_linked(path)
-        try:
-            os.chmod(path, OWNER_WRITABLE)  # read-only 0444: made writable first, for filesystems that care
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        with contextlib.suppress(FileNotFoundError):
+            remove_original(path)
 
     def follow(self, relative_path: str, status: str, **summary: object) -> None:
         markers.follow(self, relative_path, status, **summary)
