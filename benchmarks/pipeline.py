@@ -18,7 +18,7 @@ from benchmarks.data import Dataset
 from property_pipeline.db.engine import create_db_engine
 from property_pipeline.db.queries import row_count_mismatches
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 
 
 def registered_backlog(db_url: str, logs_dir: Path, data: Dataset) -> None:

@@ -41,7 +41,7 @@ from benchmarks.data import Dataset, dataset, recaptured
 from benchmarks.pipeline import process_command, registered_backlog
 from property_pipeline.db.engine import create_db_engine
 from property_pipeline.registration import DropInRules, register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 
 PROCESS = "process"
 FLOOR = "staged_upsert"

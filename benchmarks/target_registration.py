@@ -20,7 +20,8 @@ from benchmarks.data import BASE_TIME, dataset, small_files
 from property_pipeline import registration
 from property_pipeline.db.engine import create_db_engine
 from property_pipeline.db.schema import batch_file_status, utcnow
-from property_pipeline.store.layout import PAYLOADS_DIR, PayloadRoot, parse_payload_name
+from property_pipeline.store.folder import PayloadRoot
+from property_pipeline.store.layout import PAYLOADS_DIR, parse_payload_name
 
 
 def _warm(paths: list[Path]) -> None:

@@ -28,9 +28,9 @@ from property_pipeline.errors import ConfigurationError, PipelineError
 from property_pipeline.processing.memory import fewer_garbage_collections
 from property_pipeline.registration import register_unregistered
 from property_pipeline.states import CaptureRunState
-from property_pipeline.store import markers
-from property_pipeline.store.layout import PayloadRoot, month_of, validate_campaign_id
-from property_pipeline.store.writer import StoredPayload, remove_stale_temporaries, write_payload
+from property_pipeline.store.backend import PayloadStore
+from property_pipeline.store.layout import month_of, validate_campaign_id
+from property_pipeline.store.writer import StoredPayload, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -256,7 +256,7 @@ def _finish_run(engine: Engine, run_id: int, state: str, error: str | None) -> N
 
 def capture_campaign(
     engine: Engine,
-    root: PayloadRoot,
+    store: PayloadStore,
     client: PropertySearchClient,
     campaign: Campaign,
     *,
@@ -276,9 +276,9 @@ def capture_campaign(
         # A crash between a page's rename and its registration leaves a complete, unregistered
         # file: register it first so batch numbers continue after it.
         month = month_of(clock())
-        for stale in remove_stale_temporaries(root, month, campaign.campaign_id):
+        for stale in remove_stale_temporaries(store.folder, month, campaign.campaign_id) if store.folder else ():
             log.warning("removed %s, a partial page left by an interrupted capture", stale.name)
-        register_unregistered(engine, root, f"capture:{campaign.campaign_id}", month, campaign=campaign.campaign_id)
+        register_unregistered(engine, store, f"capture:{campaign.campaign_id}", month, campaign=campaign.campaign_id)
         run_id, start_index = _start_run(engine, campaign, resume)
         report = CaptureReport(campaign.campaign_id, run_id, resumed_from_index=start_index)
         batch_number = next_batch_number(engine, campaign.campaign_id)
@@ -287,7 +287,7 @@ def capture_campaign(
         try:
             pages = client.iter_pages(campaign.criteria, start_index=start_index, max_pages=limit)
             for page in read_ahead(pages):
-                stored = write_payload(root, campaign.campaign_id, batch_number, page.body, clock())
+                stored = store.write_payload(campaign.campaign_id, batch_number, page.body, clock())
                 registration = _register_page(
                     engine,
                     run_id,
@@ -299,8 +299,7 @@ def capture_campaign(
                 )
                 if registration.duplicate_of is not None:
                     report.duplicates += 1
-                markers.follow(
-                    root,
+                store.follow(
                     stored.relative_path,
                     registration.status,
                     file_id=registration.file_id,
@@ -349,7 +348,7 @@ class CaptureRound:
 
 def capture_campaigns(
     engine: Engine,
-    root: PayloadRoot,
+    store: PayloadStore,
     client: PropertySearchClient,
     campaigns: list[Campaign],
     *,
@@ -366,7 +365,7 @@ def capture_campaigns(
             done.failures.append(str(error))
             continue
         try:
-            report = capture_campaign(engine, root, client, campaign, max_pages=max_pages, resume=resume)
+            report = capture_campaign(engine, store, client, campaign, max_pages=max_pages, resume=resume)
         except CaptureError as error:
             report = error.report
             done.failures.append(str(error))

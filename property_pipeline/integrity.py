@@ -1,4 +1,4 @@
-"""Check that every registered payload file is still on disk with the bytes it was captured with."""
+"""Check that every registered payload file is still in the payload store with the bytes it was captured with."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from property_pipeline.db.queries import registered_files_for_verification
-from property_pipeline.store.layout import PayloadPathError, PayloadRoot
-from property_pipeline.store.publish import sha256_file
+from property_pipeline.store.backend import PayloadStore
+from property_pipeline.store.layout import PayloadPathError
 
 
 @dataclass(frozen=True)
@@ -28,20 +28,21 @@ class VerificationReport:
         return not self.problems
 
 
-def verify_files(engine: Engine, root: PayloadRoot, month: str | None = None) -> VerificationReport:
+def verify_files(engine: Engine, store: PayloadStore, month: str | None = None) -> VerificationReport:
     """Re-hash every registered file in scope that retention has not deleted on purpose."""
     report = VerificationReport()
     for file_id, file_path, checksum, size in registered_files_for_verification(engine, month):
         report.checked += 1
         try:
-            path = root.resolve(file_path)
+            found = store.hash_payload(file_path)
         except PayloadPathError as error:
             report.problems.append(VerificationProblem(file_id, file_path, f"unsafe path: {error}"))
             continue
-        if not path.is_file():
-            report.problems.append(VerificationProblem(file_id, file_path, "missing from disk"))
+        if found is None:
+            where = "from disk" if store.folder is not None else f"from {store.describe()}"
+            report.problems.append(VerificationProblem(file_id, file_path, f"missing {where}"))
             continue
-        actual, actual_size = sha256_file(path)
+        actual, actual_size = found
         if actual != checksum:
             report.problems.append(
                 VerificationProblem(

@@ -1,4 +1,8 @@
-"""Find payload files on disk that the database does not know yet, and register them as PENDING."""
+"""Find payload files in the store that the database does not know yet, and register them as PENDING.
+
+On a folder: month folders scanned, inode change times as the sensor's watermark (files copied in are found
+whatever their modification time). On object storage: month prefixes listed and compared with the database
+(an object that arrives late, under an older name, is still found: no name order is assumed)."""
 
 from __future__ import annotations
 
@@ -20,12 +24,12 @@ from property_pipeline.errors import PipelineError
 from property_pipeline.payload_json import PayloadJsonError, decode_payload_json
 from property_pipeline.processing.memory import fewer_garbage_collections
 from property_pipeline.settings import DEFAULT_CLOCK_SKEW_SECONDS, DEFAULT_MAX_PAYLOAD_BYTES, Settings
-from property_pipeline.store import markers
+from property_pipeline.store.backend import PayloadMissing, PayloadStore, StoredObject
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline.store.layout import (
     MONTH_RE,
     PayloadName,
     PayloadPathError,
-    PayloadRoot,
     month_of,
     parse_payload_name,
     validate_month,
@@ -226,6 +230,14 @@ def register_paths(
             except (PayloadPathError, OSError) as error:
                 report.skipped.append((str(path), str(error)))
                 log.warning("not registered: %s: %s", path, error)
+    _register_described(engine, root, described, actor, report)
+    return report
+
+
+def _register_described(
+    engine: Engine, store: PayloadStore, described: Sequence[NewPayloadFile], actor: str, report: RegistrationReport
+) -> None:
+    """Register described files in chunks; each new one's state is mirrored by the store (in a folder: read-only)."""
     for start in range(0, len(described), REGISTER_CHUNK):
         with engine.begin() as conn:
             results = register_files(conn, described[start : start + REGISTER_CHUNK], actor)
@@ -237,13 +249,11 @@ def register_paths(
                 report.duplicates.append(result)
             else:
                 report.registered.append(result)
-            markers.follow(
-                root, result.file_path, result.status, file_id=result.file_id, duplicate_of=result.duplicate_of
-            )
-            note = make_read_only(root.resolve(result.file_path))
+            store.follow(result.file_path, result.status, file_id=result.file_id, duplicate_of=result.duplicate_of)
+            root = store.folder
+            note = make_read_only(root.resolve(result.file_path)) if root is not None else None
             if note:
                 report.warnings.append((result.file_path, note))
-    return report
 
 
 def make_read_only(path: Path) -> str | None:
@@ -262,17 +272,27 @@ def make_read_only(path: Path) -> str | None:
 
 def register_unregistered(
     engine: Engine,
-    root: PayloadRoot,
+    store: PayloadStore,
     actor: str,
     month: str | None = None,
     *,
     rules: DropInRules | None = None,
     campaign: str | None = None,
 ) -> RegistrationReport:
-    """Scan the payload folders (one month, or all) and register every file the database does not know
+    """Scan the payload store (one month, or all) and register every file the database does not know
     (only one campaign's files, when `campaign` is given)."""
-    report = RegistrationReport()
     prefix = None if campaign is None else f"{campaign}_batch"
+    root = store.folder
+    if root is None:
+        months = [validate_month(month)] if month is not None else store.list_months()
+        objects = [
+            found
+            for each in months
+            for found in unregistered_objects(engine, store, each)
+            if prefix is None or found.name.startswith(prefix)
+        ]
+        return register_objects(engine, store, objects, actor, rules=rules)
+    report = RegistrationReport()
     linked: list[Path] = []
     folders = month_folders(root, month, linked=linked)
     for folder in linked:
@@ -349,3 +369,107 @@ def _registered_among(engine: Engine, file_paths: Sequence[str]) -> set[str]:
                 .all()
             )
     return known
+
+
+# Object storage: listings compared with the database.
+
+
+def unregistered_objects(engine: Engine, store: PayloadStore, month: str) -> list[StoredObject]:
+    """The payloads a month's listing shows that the database does not know, oldest write first."""
+    known = registered_paths(engine, month)
+    fresh = [found for found in store.list_payloads(month) if found.relative_path not in known]
+    return sorted(fresh, key=lambda found: (found.modified_at, found.relative_path))
+
+
+def describe_object(store: PayloadStore, found: StoredObject, rules: DropInRules | None = None) -> NewPayloadFile:
+    """Checksum, size and record count of a stored object (read once, after its size was checked).
+
+    An object is whole once it is listed (a PUT is atomic), so nothing is held back: one that is not a
+    page is registered for processing to fail with the reason. PayloadPathError for a name that may not
+    be registered; PayloadMissing when it went away since it was listed.
+    """
+    rules = rules or DropInRules()
+    month = found.month
+    validate_month(month)
+    name = parse_payload_name(found.name)
+    check_capture_time(name, month, rules)
+    count = None
+    unreadable = False
+    if found.size_bytes > rules.max_payload_bytes:
+        hashed = store.hash_payload(found.relative_path)
+        if hashed is None:
+            raise PayloadMissing(f"{store.location(found.relative_path)} was deleted after it was listed")
+        checksum, size = hashed
+    else:
+        with store.open_payload(found.relative_path, rules.max_payload_bytes) as handle:
+            body = handle.read()
+        checksum, size = hashlib.sha256(body).hexdigest(), len(body)
+        count = page_record_count(body)
+        unreadable = count is None
+    return NewPayloadFile(
+        file_path=found.relative_path,
+        campaign_id=name.campaign_id,
+        batch_number=name.batch_number,
+        month=month,
+        checksum_sha256=checksum,
+        file_size_bytes=size,
+        captured_at=name.captured_at,
+        properties_count=count,
+        content_unreadable=unreadable,
+    )
+
+
+def register_objects(
+    engine: Engine,
+    store: PayloadStore,
+    objects: Sequence[StoredObject],
+    actor: str,
+    *,
+    rules: DropInRules | None = None,
+) -> RegistrationReport:
+    """Register the given objects (unknown ones become PENDING); safe to call for objects already registered."""
+    report = RegistrationReport()
+    described: list[NewPayloadFile] = []
+    with fewer_garbage_collections():
+        for found in objects:
+            try:
+                described.append(describe_object(store, found, rules))
+            except PayloadMissing:
+                log.info("%s went away after it was listed: nothing to register", found.relative_path)
+            except (PayloadPathError, OSError) as error:
+                report.skipped.append((store.location(found.relative_path), str(error)))
+                log.warning("not registered: %s: %s", found.relative_path, error)
+    _register_described(engine, store, described, actor, report)
+    return report
+
+
+@dataclass(frozen=True)
+class NewObjectsScan:
+    """Unregistered objects found by one discovery pass over object storage, and where the next pass sweeps."""
+
+    objects: list[StoredObject]  # to register now, oldest write first
+    sweep_month: str | None  # the older month this pass listed; the next pass lists the one before it
+    more: bool  # True when `max_files` left objects for the next pass
+    months_listed: int
+
+
+def scan_new_objects(
+    engine: Engine, store: PayloadStore, *, recent_months: Sequence[str], swept: str | None, max_files: int
+) -> NewObjectsScan:
+    """One discovery pass: the recent months' prefixes (where captures land) are listed in full, plus one older
+    month in rotation (`swept` is the last one listed; None starts from the newest), so an object written late
+    into an old month is found within as many passes as there are months. Each listing is compared with the
+    database, so the pass costs one listing per month listed plus the new objects, whatever the history."""
+    months = store.list_months()
+    recent = [month for month in months if month in set(recent_months)]
+    older = [month for month in months if month not in set(recent_months)]
+    sweep = None
+    if older:
+        before = [month for month in older if swept is None or month < swept]
+        sweep = before[-1] if before else older[-1]  # wraps round to the newest older month
+    fresh: list[StoredObject] = []
+    listed = recent + ([sweep] if sweep is not None else [])
+    for month in listed:
+        fresh += unregistered_objects(engine, store, month)
+    fresh.sort(key=lambda found: (found.modified_at, found.relative_path))
+    return NewObjectsScan(fresh[:max_files], sweep, len(fresh) > max_files, len(listed))

@@ -120,6 +120,21 @@ def _share_env(name: str, default: float) -> float:
     return value
 
 
+def _payloads_url_env(name: str) -> str | None:
+    """A payload store: unset (the data root folder), a folder path, or `s3://bucket[/prefix]`."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return None
+    if raw.startswith("s3://"):
+        bucket, _, _prefix = raw[len("s3://") :].partition("/")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            raise SettingsError(f"{name}={raw[:80]!r}: {bucket!r} is not an S3 bucket name; use s3://bucket/prefix")
+        return raw
+    if "://" in raw:
+        raise SettingsError(f"{name}={raw[:80]!r} is neither a folder path nor s3://bucket/prefix")
+    return str(Path(raw).absolute())
+
+
 def _bool_env(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -138,6 +153,8 @@ class Settings:
 
     logs_dir: Path
     db_url: str
+    # Where payloads and archives live: None for the data root folder `logs_dir`, a folder, or s3://bucket/prefix.
+    payloads_url: str | None = None
     lease_seconds: int = DEFAULT_LEASE_SECONDS
     statement_timeout_seconds: int = DEFAULT_STATEMENT_TIMEOUT_SECONDS
     api_base_url: str = DEFAULT_API_BASE_URL
@@ -168,6 +185,7 @@ class Settings:
         return cls(
             logs_dir=logs_dir,
             db_url=_db_url_env("PROPERTY_PIPELINE_DB_URL"),
+            payloads_url=_payloads_url_env("PROPERTY_PIPELINE_PAYLOADS_URL"),
             lease_seconds=_int_env("PROPERTY_PIPELINE_LEASE_SECONDS", DEFAULT_LEASE_SECONDS, maximum=7 * DAY),
             statement_timeout_seconds=_int_env(
                 "PROPERTY_PIPELINE_STATEMENT_TIMEOUT_SECONDS", DEFAULT_STATEMENT_TIMEOUT_SECONDS, maximum=DAY

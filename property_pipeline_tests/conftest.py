@@ -1,4 +1,4 @@
-"""Shared fixtures: a real SQLite file and the real PostgreSQL server, real payload folders."""
+"""Shared fixtures: a real SQLite file and the real PostgreSQL server, real payload folders, a real S3 server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from property_pipeline.db.engine import create_db_engine, upgrade
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.backend import PayloadStore
+from property_pipeline.store.folder import PayloadRoot
+from property_pipeline.store.s3 import S3Store
+from property_pipeline_tests.s3server import CREDENTIALS, MotoServer, client_for
 
 PG_ADMIN_URL = os.environ.get("PROPERTY_PIPELINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -102,3 +105,37 @@ def root(tmp_path: Path) -> PayloadRoot:
     root = PayloadRoot(tmp_path / "logs")
     root.ensure_folders()
     return root
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoServer]:
+    """moto's S3 server (a real HTTP server speaking the S3 API) on a free loopback port, for the session."""
+    server = MotoServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def s3_environment(endpoint: str) -> dict[str, str]:
+    """The standard AWS variables that point boto3 (in this process or a child) at a loopback server."""
+    return {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
+
+
+@pytest.fixture
+def s3_store(s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> S3Store:
+    """An empty bucket of its own on the moto server, under a prefix; the AWS variables point at it."""
+    for name, value in s3_environment(s3_server.url).items():
+        monkeypatch.setenv(name, value)
+    bucket = f"pp-{uuid.uuid4().hex[:16]}"
+    client = client_for(s3_server.url)
+    client.create_bucket(Bucket=bucket)
+    return S3Store(bucket, "landing", client=client)
+
+
+@pytest.fixture(params=["folder", "s3"])
+def store(request: pytest.FixtureRequest, root: PayloadRoot) -> PayloadStore:
+    """Each test that takes this runs on both payload store backends: the data root folder and S3 (moto)."""
+    if request.param == "folder":
+        return root
+    return request.getfixturevalue("s3_store")  # type: ignore[no-any-return]

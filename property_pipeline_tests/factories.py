@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
-from property_pipeline.store.layout import PayloadRoot
-from property_pipeline.store.writer import StoredPayload, write_payload
+from property_pipeline.store.folder import PayloadRoot
+from property_pipeline.store.writer import StoredPayload
 
 BASE_TIME = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 
@@ -68,7 +68,7 @@ def write_page(
     batch: int = 1,
     captured_at: datetime | None = None,
 ) -> StoredPayload:
-    return write_payload(root, campaign, batch, make_page(records), captured_at or BASE_TIME + timedelta(minutes=batch))
+    return root.write_payload(campaign, batch, make_page(records), captured_at or BASE_TIME + timedelta(minutes=batch))
 
 
 def write_pages(root: PayloadRoot, files: int, per_file: int = 20, campaign: str = "camp-1") -> list[StoredPayload]:

@@ -23,7 +23,8 @@ from property_pipeline.api.sandbox import FaultConfig, SandboxConfig, SandboxSer
 from property_pipeline.capture import Campaign, CaptureError, capture_campaign, load_campaigns, read_ahead
 from property_pipeline.cli import main
 from property_pipeline.db.schema import batch_file_status, capture_runs, properties
-from property_pipeline.store.layout import PayloadRoot, parse_payload_name
+from property_pipeline.store.folder import PayloadRoot
+from property_pipeline.store.layout import parse_payload_name
 from property_pipeline.store.publish import sha256_file
 
 SECRET = "sk-test-9f8e7d6c5b4a39281706"

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from property_pipeline.cli import main
 from property_pipeline.db.engine import create_db_engine
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.factories import write_pages
 
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from property_pipeline.cli import main
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.factories import make_record, write_page
 
 

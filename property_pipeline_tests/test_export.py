@@ -20,7 +20,7 @@ from property_pipeline.cli import export as export_command
 from property_pipeline.cli import main
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.factories import make_page, make_record, write_page
 
 MARCH = datetime(2026, 3, 3, 8, 0, 0, 250_000, tzinfo=UTC)

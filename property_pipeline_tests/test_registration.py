@@ -9,7 +9,7 @@ from sqlalchemy import Engine, select
 from property_pipeline.db.schema import batch_file_status
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.factories import make_page, make_record, write_pages
 
 

@@ -37,7 +37,7 @@ from property_pipeline.retention import (
     verify_archive,
 )
 from property_pipeline.retention import apply as retention_apply
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline.store.writer import StoredPayload
 from property_pipeline_tests.factories import make_record, write_page
 
@@ -229,10 +229,10 @@ def test_corrupted_archive_prevents_any_deletion(
     before = _snapshot(engine, root)
     write_archive = retention_apply.write_archive
 
-    def corrupting_write(*args, **kwargs) -> Path:  # type: ignore[no-untyped-def]
-        path = write_archive(*args, **kwargs)
-        _flip_a_byte(path)
-        return path
+    def corrupting_write(*args, **kwargs) -> str:  # type: ignore[no-untyped-def]
+        name = write_archive(*args, **kwargs)
+        _flip_a_byte(root.archive / name)
+        return name
 
     monkeypatch.setattr(retention_apply, "write_archive", corrupting_write)
     report = _cleanup(engine, root)

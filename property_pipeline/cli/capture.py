@@ -144,7 +144,7 @@ def capture(
 
     campaigns = _campaigns_to_capture(pipeline, campaign_id, criteria, capture_all, allow_unfiltered)
     with _client(pipeline) as client:
-        done = capture_campaigns(pipeline.engine, pipeline.root, client, campaigns, max_pages=max_pages, resume=resume)
+        done = capture_campaigns(pipeline.engine, pipeline.store, client, campaigns, max_pages=max_pages, resume=resume)
     reports, failures = done.reports, done.failures
     if as_json:
         print_json({"captures": [_report_json(r) for r in reports], "errors": failures})
@@ -219,7 +219,7 @@ def demo(pipeline: Pipeline, records: int) -> None:
             try:
                 # The sandbox's whole (synthetic) dataset is the demo: unfiltered on purpose.
                 demo_campaign = Campaign(DEMO_CAMPAIGN, allow_unfiltered=True)
-                report = capture_campaign(pipeline.engine, pipeline.root, client, demo_campaign)
+                report = capture_campaign(pipeline.engine, pipeline.store, client, demo_campaign)
             except CaptureError as error:
                 click.echo(f"ERROR {error}", err=True)
                 sys.exit(EXIT_FAILED)
@@ -227,7 +227,7 @@ def demo(pipeline: Pipeline, records: int) -> None:
     click.echo("3. processing the pending files")
     processed = PayloadProcessor(
         pipeline.engine,
-        pipeline.root,
+        pipeline.store,
         lease_seconds=pipeline.settings.lease_seconds,
         max_payload_bytes=pipeline.settings.max_payload_bytes,
         statement_timeout_seconds=pipeline.settings.statement_timeout_seconds,
@@ -249,10 +249,12 @@ def demo(pipeline: Pipeline, records: int) -> None:
     click.echo("4. status of every month\n")
     print_status(pipeline)
     settings = pipeline.settings
+    root = pipeline.store.folder
+    marker_folders = f"{root.pending} and {root.processed}" if root is not None else "none (object storage)"
     click.echo(
         "\nWhere to look:\n"
-        f"  payload files   {pipeline.root.payloads}\n"
-        f"  markers         {pipeline.root.pending} and {pipeline.root.processed}\n"
+        f"  payload files   {pipeline.store.describe()}\n"
+        f"  markers         {marker_folders}\n"
         f"  database        {pipeline.engine.url.render_as_string(hide_password=True)}\n"
         "  status          .venv/bin/property-pipeline status\n"
         "  Dagster UI      make dagster, then open http://127.0.0.1:3000"
@@ -261,4 +263,5 @@ def demo(pipeline: Pipeline, records: int) -> None:
         missing = [path for path in paths if states.get(path) != FileStatus.COMPLETED]
         click.echo(f"\nNOT everything landed: {len(missing)} captured files are not COMPLETED: {missing[:5]}", err=True)
         sys.exit(EXIT_FAILED)
-    click.echo(f"\nDemo complete: {len(paths)} files captured and COMPLETED in {Path(settings.logs_dir)}.")
+    where = Path(settings.logs_dir) if root is not None else pipeline.store.describe()
+    click.echo(f"\nDemo complete: {len(paths)} files captured and COMPLETED in {where}.")

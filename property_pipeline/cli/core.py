@@ -57,7 +57,7 @@ def register(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     from property_pipeline.registration import DropInRules, register_unregistered
 
     report = register_unregistered(
-        pipeline.engine, pipeline.root, "cli:register", month, rules=DropInRules.from_settings(pipeline.settings)
+        pipeline.engine, pipeline.store, "cli:register", month, rules=DropInRules.from_settings(pipeline.settings)
     )
     if as_json:
         print_json(
@@ -157,7 +157,7 @@ def process(
     try:
         report = process_backlog(
             pipeline.engine,
-            pipeline.root,
+            pipeline.store,
             workers=workers,
             lease_seconds=pipeline.settings.lease_seconds,
             max_payload_bytes=pipeline.settings.max_payload_bytes,
@@ -356,8 +356,9 @@ def verify(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     """Check that every registered file still exists and matches its SHA-256."""
     from property_pipeline.integrity import verify_files
 
-    report = verify_files(pipeline.engine, pipeline.root, month)
-    root_exists = pipeline.root.payloads.is_dir()
+    report = verify_files(pipeline.engine, pipeline.store, month)
+    root = pipeline.store.folder
+    root_exists = root.payloads.is_dir() if root is not None else True
     if as_json:
         print_json(
             {
@@ -370,9 +371,9 @@ def verify(pipeline: Pipeline, month: str | None, as_json: bool) -> None:
     else:
         for problem in report.problems:
             click.echo(f"PROBLEM file {problem.file_id} {problem.file_path}: {problem.problem}", err=True)
-        if report.problems and not root_exists:
+        if report.problems and root is not None and not root_exists:
             click.echo(
-                f"note: the payload folder {pipeline.root.payloads} does not exist: check PROPERTY_PIPELINE_LOGS_DIR",
+                f"note: the payload folder {root.payloads} does not exist: check PROPERTY_PIPELINE_LOGS_DIR",
                 err=True,
             )
         click.echo(f"{report.checked} files checked, {len(report.problems)} problems")
@@ -398,7 +399,12 @@ def retry(pipeline: Pipeline, file_ids: tuple[int, ...], month: str | None, all_
         raise PipelineUsageError("say what to retry: --file-id N, --month YYYY-MM or --all-failed")
     before = file_statuses(pipeline.engine, list(file_ids)) if file_ids else {}
     retried = retry_failed_files(
-        pipeline.engine, pipeline.root, "cli:retry", file_ids=list(file_ids) or None, month=month, all_failed=all_failed
+        pipeline.engine,
+        pipeline.store,
+        "cli:retry",
+        file_ids=list(file_ids) or None,
+        month=month,
+        all_failed=all_failed,
     )
     for file_id in retried:
         click.echo(f"file {file_id}: {before.get(file_id, 'FAILED')} -> PENDING")
@@ -418,5 +424,9 @@ def reconcile(pipeline: Pipeline) -> None:
     from property_pipeline.db.queries import file_states
     from property_pipeline.store import markers
 
-    changed = markers.reconcile_markers(pipeline.root, file_states(pipeline.engine))
+    root = pipeline.store.folder
+    if root is None:
+        click.echo(f"no markers on object storage ({pipeline.store.describe()}): the database is the only record")
+        return
+    changed = markers.reconcile_markers(root, file_states(pipeline.engine))
     click.echo(f"{changed} markers fixed")

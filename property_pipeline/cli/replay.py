@@ -59,7 +59,7 @@ def reprocess_files(
     from property_pipeline.processing import replay
     from property_pipeline.processing.parallel import default_workers, process_backlog
 
-    marked = replay.mark_for_reprocessing(pipeline.engine, pipeline.root, actor, plan, reason, on_wait=_say_waiting)
+    marked = replay.mark_for_reprocessing(pipeline.engine, pipeline.store, actor, plan, reason, on_wait=_say_waiting)
     # A month's files are processed by month (files already PENDING there load too); files named by id, by id.
     in_scope = [file_id for file_id, _ in plan.to_reprocess] + [
         file_id for file_id, _, state in plan.not_completed if state == "PENDING"
@@ -69,7 +69,7 @@ def reprocess_files(
     try:
         report = process_backlog(
             pipeline.engine,
-            pipeline.root,
+            pipeline.store,
             workers=workers,
             lease_seconds=pipeline.settings.lease_seconds,
             max_payload_bytes=pipeline.settings.max_payload_bytes,
@@ -177,7 +177,7 @@ def discard(pipeline: Pipeline, file_ids: tuple[int, ...], reason: str) -> None:
     from property_pipeline.processing import replay
 
     reason = _reason(reason)
-    discarded = replay.discard(pipeline.engine, pipeline.root, "cli:discard", list(file_ids), reason)
+    discarded = replay.discard(pipeline.engine, pipeline.store, "cli:discard", list(file_ids), reason)
     for file_id in discarded:
         click.echo(f"file {file_id}: FAILED -> DISCARDED ({reason})")
     missing = sorted(set(file_ids) - set(discarded))
@@ -210,7 +210,7 @@ def rebuild(
     from property_pipeline.db.engine import create_db_engine, ensure_schema, open_existing_database
     from property_pipeline.processing.parallel import default_workers
     from property_pipeline.processing.rebuild import rebuild as rebuild_into
-    from property_pipeline.store.layout import PayloadRoot
+    from property_pipeline.store.choose import open_payload_store
 
     source = open_existing_database(settings.db_url)
     target = create_db_engine(into_url)
@@ -228,7 +228,7 @@ def rebuild(
             report = rebuild_into(
                 source,
                 target,
-                PayloadRoot(settings.logs_dir),
+                open_payload_store(settings.payloads_url, settings.logs_dir),
                 from_month=from_month,
                 to_month=to_month,
                 workers=workers,

@@ -57,11 +57,11 @@ def cleanup(pipeline: Pipeline, dry_run: bool, archive: bool | None, keep_months
     pipeline.read_only = dry_run  # a dry run only looks: it creates nothing (set before the database is opened)
     settings = pipeline.settings
     archive = settings.archive_enabled if archive is None else archive
-    plan = plan_retention(pipeline.engine, pipeline.root, keep_months=keep_months or settings.retention_months)
+    plan = plan_retention(pipeline.engine, pipeline.store, keep_months=keep_months or settings.retention_months)
     report = (
         None
         if dry_run
-        else apply_retention(pipeline.engine, pipeline.root, plan, archive=archive, on_wait=_say_waiting)
+        else apply_retention(pipeline.engine, pipeline.store, plan, archive=archive, on_wait=_say_waiting)
     )
     if as_json:
         print_json(
@@ -73,7 +73,7 @@ def cleanup(pipeline: Pipeline, dry_run: bool, archive: bool | None, keep_months
             }
         )
     else:
-        _print_plan(plan, archive, str(pipeline.root.archive))
+        _print_plan(plan, archive, pipeline.store.archive_location(""))
         if report is None:
             click.echo("dry run: nothing was changed. Run without --dry-run to carry out this plan.")
         else:
@@ -139,7 +139,7 @@ def restore(pipeline: Pipeline, month: str | None, reprocess: bool, reason: str,
 
     if month is None:
         raise PipelineUsageError("say which month to restore: --month YYYY-MM")
-    report = restore_month(pipeline.engine, pipeline.root, month, on_wait=_say_waiting)
+    report = restore_month(pipeline.engine, pipeline.store, month, on_wait=_say_waiting)
     if not reprocess or not report.ok:
         if as_json:
             print_json(report.to_dict())

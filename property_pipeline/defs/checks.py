@@ -48,7 +48,7 @@ with warnings.catch_warnings():
         context: dg.AssetCheckExecutionContext, payload_store: PayloadStore, database: PipelineDatabase
     ) -> dg.AssetCheckResult:
         month = context.partition_key
-        report = verify_files(database.engine, payload_store.root(), month)
+        report = verify_files(database.engine, payload_store.store(), month)
         return dg.AssetCheckResult(
             passed=report.ok,
             severity=dg.AssetCheckSeverity.ERROR,

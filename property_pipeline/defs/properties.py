@@ -27,7 +27,7 @@ from property_pipeline.defs.raw_payloads import GROUP, OWNERS, raw_property_payl
 from property_pipeline.defs.resources import PayloadStore, PipelineDatabase, QuarantinePolicy
 from property_pipeline.processing import replay
 from property_pipeline.processing.processor import FileOutcome, PayloadProcessor, new_worker_id
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store import backend
 
 # Processing steps share this pool: dagster.yaml sets how many run at once across all runs (default 1).
 PROPERTY_DB_POOL = "property_db_writes"
@@ -106,7 +106,7 @@ def properties(
     else:
         processor = PayloadProcessor(
             engine,
-            payload_store.root(),
+            payload_store.store(),
             lease_seconds=database.lease_seconds,
             max_payload_bytes=payload_store.max_payload_bytes,
             worker=f"dagster-run:{context.run.run_id[:8]}:{new_worker_id()}",
@@ -117,7 +117,7 @@ def properties(
                 context.log.warning(f"{outcome.status} file {outcome.file_id} {outcome.file_path}: {outcome.error}")
 
         if config.reprocess:
-            reprocess_month(context, engine, payload_store.root(), month, config.reason)
+            reprocess_month(context, engine, payload_store.store(), month, config.reason)
         report = processor.run(month=month, include_failed=config.include_failed, on_file=log_failure)
         context.log.info(
             f"{month}: {report.completed} files completed, {report.failed} failed; {report.records_loaded} records "
@@ -143,7 +143,7 @@ def properties(
 
 
 def reprocess_month(
-    context: dg.AssetExecutionContext, engine: Engine, root: PayloadRoot, month: str, reason: str
+    context: dg.AssetExecutionContext, engine: Engine, root: backend.PayloadStore, month: str, reason: str
 ) -> None:
     """COMPLETED -> PENDING for the month's files (the same core call as `property-pipeline reprocess --month`);
     the run's processing then loads them again."""

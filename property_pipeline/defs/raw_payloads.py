@@ -20,7 +20,7 @@ from property_pipeline.defs.month_state import RAW_KEY, health_of, payload_metad
 from property_pipeline.defs.partitions import current_month, monthly_partitions
 from property_pipeline.defs.resources import CampaignCatalog, PayloadStore, PipelineDatabase, PropertyApi
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store import backend
 
 GROUP = "property_pipeline"
 OWNERS = ["team:data-engineering"]
@@ -66,7 +66,7 @@ def raw_property_payloads(
     campaigns: CampaignCatalog,
 ) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
     month = context.partition_key
-    root, engine = payload_store.root(), database.engine
+    root, engine = payload_store.store(), database.engine
     before = health_of(engine, month)
     campaign = config.campaign or context.run.tags.get(CAMPAIGN_TAG)
     captures: list[CaptureReport] = []
@@ -100,7 +100,7 @@ def raw_property_payloads(
 def _capture(
     context: dg.AssetExecutionContext,
     engine: Engine,
-    root: PayloadRoot,
+    root: backend.PayloadStore,
     property_api: PropertyApi,
     campaigns: CampaignCatalog,
     config: CaptureConfig,

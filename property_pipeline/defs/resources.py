@@ -31,13 +31,21 @@ from property_pipeline.settings import (
     DEFAULT_SETTLE_SECONDS,
     Settings,
 )
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store import backend
+from property_pipeline.store.choose import open_payload_store
+from property_pipeline.store.folder import PayloadRoot
 
 
 class PayloadStore(dg.ConfigurableResource):
-    """The data root: `property_payloads/YYYY-MM/` and the marker folders."""
+    """Where payloads live: the data root folder (`property_payloads/YYYY-MM/`, markers, archives) or the
+    S3-compatible bucket that `payloads_url` names."""
 
     logs_dir: str = Field(description="Data root (PROPERTY_PIPELINE_LOGS_DIR); relative paths are from the cwd.")
+    payloads_url: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix for object storage, or a folder; unset: the data root "
+        "(PROPERTY_PIPELINE_PAYLOADS_URL). Endpoint and credentials from the AWS environment variables.",
+    )
     max_payload_bytes: int = Field(
         default=DEFAULT_MAX_PAYLOAD_BYTES,
         description="Largest payload file that is read; larger ones FAIL unread (PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES).",
@@ -56,8 +64,15 @@ class PayloadStore(dg.ConfigurableResource):
         """When a file on disk may be registered."""
         return DropInRules(self.max_payload_bytes, self.settle_seconds, self.clock_skew_seconds)
 
+    def store(self) -> backend.PayloadStore:
+        """The payload store; a folder has its sub-folders created."""
+        store = open_payload_store(self.payloads_url, Path(self.logs_dir))
+        if store.folder is not None:
+            store.folder.ensure_folders()
+        return store
+
     def root(self) -> PayloadRoot:
-        """The payload root with its folders created."""
+        """The data root folder with its folders created (the folder backend only)."""
         root = PayloadRoot(Path(self.logs_dir))
         root.ensure_folders()
         return root
@@ -197,6 +212,7 @@ def pipeline_resources(settings: Settings) -> dict[str, Any]:
     return {
         "payload_store": PayloadStore(
             logs_dir=_env_or("PROPERTY_PIPELINE_LOGS_DIR", str(settings.logs_dir)),
+            payloads_url=_env_or_none("PROPERTY_PIPELINE_PAYLOADS_URL") or settings.payloads_url,
             max_payload_bytes=settings.max_payload_bytes,
             settle_seconds=settings.settle_seconds,
             clock_skew_seconds=settings.clock_skew_seconds,

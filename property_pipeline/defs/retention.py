@@ -34,7 +34,7 @@ def apply_retention_policy(
     database: PipelineDatabase,
     retention_policy: RetentionPolicy,
 ) -> Iterator[dg.Output]:
-    root, engine = payload_store.root(), database.engine
+    root, engine = payload_store.store(), database.engine
     plan = plan_retention(engine, root, keep_months=retention_policy.keep_months)
     context.log.info(
         f"plan: keep {plan.oldest_kept_month} and later; {plan.files} files ({plan.bytes} bytes) to remove, "

@@ -1,11 +1,17 @@
 """The registration sensor: payload files that other systems drop into the month folders become PENDING.
 
-Cursor: one number, `{"ctime_ns": ...}`, the inode-change-time watermark of the last file handled.
+On a folder the cursor is one number, `{"ctime_ns": ...}`, the inode-change-time watermark of the last file handled.
 A file copied in keeps whatever modification time it had, but its ctime is when it appeared, so
 old-looking copies are still found; month folders whose mtime is older than the watermark are not
 even listed. The database, not the cursor, records what is registered: files at the watermark are
 re-checked against it, never registered twice. Each tick registers at most `max_files_per_tick`
 files and continues from the cursor on the next tick.
+
+On object storage there is no inode time to trust and names do not arrive in order, so each tick lists
+the current and the previous month's prefixes in full and compares them with the database, plus one
+older month in rotation; the cursor is only the month that rotation reached, `{"swept": "2026-03"}`.
+An object written late, under any name, is found; a tick costs one listing per month listed and one
+read per new object, however long the history.
 
 The sensor reports nothing to Dagster itself: each registration is a row in `file_status_events`,
 and `month_state_sensor` (defs/month_sensor.py) reports it, like any other change to a month, as a
@@ -17,6 +23,7 @@ import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -25,8 +32,15 @@ from property_pipeline.defs.jobs import processing_job
 from property_pipeline.defs.partitions import is_partition
 from property_pipeline.defs.properties import properties
 from property_pipeline.defs.resources import PayloadStore, PipelineDatabase
-from property_pipeline.registration import RegistrationReport, register_paths, scan_new_files
+from property_pipeline.registration import (
+    RegistrationReport,
+    register_objects,
+    register_paths,
+    scan_new_files,
+    scan_new_objects,
+)
 from property_pipeline.settings import DEFAULT_SENSOR_MAX_FILES
+from property_pipeline.store.layout import month_of
 
 SENSOR_NAME = "payload_registration_sensor"
 SETTLE_SECONDS = 5.0  # a file changed more recently may still be being copied in: wait for the next tick
@@ -35,16 +49,30 @@ NOT_STARTED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.D
 
 @dataclass(frozen=True)
 class RegistrationCursor:
-    """Where the next tick starts: files whose inode changed at or after `ctime_ns`."""
+    """Where the next tick starts: files whose inode changed at or after `ctime_ns` (a folder), and the older
+    month the object-storage rotation listed last (`swept`)."""
 
     ctime_ns: int = 0
+    swept: str | None = None
 
     @classmethod
     def parse(cls, raw: str | None) -> "RegistrationCursor":
-        return cls(int(json.loads(raw)["ctime_ns"])) if raw else cls()
+        if not raw:
+            return cls()
+        document = json.loads(raw)
+        return cls(int(document.get("ctime_ns", 0)), document.get("swept"))
 
     def dump(self) -> str:
-        return json.dumps({"ctime_ns": self.ctime_ns})
+        if self.swept is None:
+            return json.dumps({"ctime_ns": self.ctime_ns})
+        return json.dumps({"ctime_ns": self.ctime_ns, "swept": self.swept})
+
+
+def recent_months(now: datetime) -> list[str]:
+    """The months object-storage discovery lists on every tick: this one and the one before (captures that
+    started before midnight on the first of a month, clocks that differ)."""
+    first = now.astimezone(UTC).replace(day=1)
+    return [month_of(first - timedelta(days=1)), month_of(first)]
 
 
 def build_registration_sensor(
@@ -71,17 +99,29 @@ def build_registration_sensor(
     ) -> dg.SensorResult:
         started = time.monotonic()
         cursor = RegistrationCursor.parse(context.cursor)
-        root, engine = payload_store.root(), database.engine
-        scan = scan_new_files(
-            engine,
-            root,
-            cursor.ctime_ns,
-            max_files=max_files_per_tick,
-            settled_before_ns=time.time_ns() - int(settle_seconds * 1e9),
-        )
-        report = register_paths(
-            engine, root, scan.paths, f"dagster-sensor:{SENSOR_NAME}", rules=payload_store.drop_in_rules()
-        )
+        store, engine = payload_store.store(), database.engine
+        actor = f"dagster-sensor:{SENSOR_NAME}"
+        root = store.folder
+        if root is not None:
+            scan = scan_new_files(
+                engine,
+                root,
+                cursor.ctime_ns,
+                max_files=max_files_per_tick,
+                settled_before_ns=time.time_ns() - int(settle_seconds * 1e9),
+            )
+            report = register_paths(engine, root, scan.paths, actor, rules=payload_store.drop_in_rules())
+            more, listed, next_cursor = scan.more, scan.folders_listed, RegistrationCursor(scan.watermark_ns)
+        else:
+            found = scan_new_objects(
+                engine,
+                store,
+                recent_months=recent_months(datetime.now(UTC)),
+                swept=cursor.swept,
+                max_files=max_files_per_tick,
+            )
+            report = register_objects(engine, store, found.objects, actor, rules=payload_store.drop_in_rules())
+            more, listed, next_cursor = found.more, found.months_listed, RegistrationCursor(swept=found.sweep_month)
         for path, reason in report.skipped:
             context.log.warning(f"not registered: {path}: {reason}")
         by_month = _split_by_month(report)
@@ -94,13 +134,13 @@ def build_registration_sensor(
             ]
         context.log.info(
             f"{len(report.registered)} registered, {len(report.duplicates)} duplicates, {len(report.skipped)} "
-            f"skipped; {scan.folders_listed} month folders listed in {time.monotonic() - started:.2f}s"
-            + ("; more next tick" if scan.more else "")
+            f"skipped; {listed} months listed in {time.monotonic() - started:.2f}s"
+            + ("; more next tick" if more else "")
         )
         return dg.SensorResult(
             run_requests=requests,
-            cursor=RegistrationCursor(scan.watermark_ns).dump(),
-            skip_reason=None if requests else tick_summary(by_month, more=scan.more),
+            cursor=next_cursor.dump(),
+            skip_reason=None if requests else tick_summary(by_month, more=more),
         )
 
     return payload_registration_sensor

@@ -49,7 +49,7 @@ from property_pipeline.settings import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_STATEMENT_TIMEOUT_SECONDS,
 )
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.backend import PayloadStore
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _handling(handler: Any) -> Iterator[None]:
 
 def process_backlog(
     engine: Engine,
-    root: PayloadRoot,
+    store: PayloadStore,
     *,
     workers: int = 1,
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
@@ -161,7 +161,7 @@ def process_backlog(
     if workers <= 1 or limit is not None or "fork" not in multiprocessing.get_all_start_methods():
         processor = PayloadProcessor(
             engine,
-            root,
+            store,
             lease_seconds=lease_seconds,
             max_payload_bytes=max_payload_bytes,
             statement_timeout_seconds=statement_timeout_seconds,
@@ -179,7 +179,7 @@ def process_backlog(
     else:
         scope = _Scope(month, file_ids, lease_seconds, max_payload_bytes, statement_timeout_seconds, mirror_markers)
         with _handling(stop_request):
-            report = _with_workers(engine, root, workers, scope, include_failed, on_file, stop_request)
+            report = _with_workers(engine, store, workers, scope, include_failed, on_file, stop_request)
     if stop_request.signal_number is not None:
         raise ProcessingInterrupted(stop_request.signal_number, report)
     return report
@@ -187,7 +187,7 @@ def process_backlog(
 
 def _with_workers(
     engine: Engine,
-    root: PayloadRoot,
+    store: PayloadStore,
     workers: int,
     scope: _Scope,
     include_failed: bool,
@@ -198,7 +198,7 @@ def _with_workers(
     report = ProcessingReport(worker=new_worker_id(), workers=workers)
     report.requeued, report.retried = prepare_backlog(
         engine,
-        root,
+        store,
         report.worker,
         month=scope.month,
         file_ids=scope.file_ids,
@@ -215,7 +215,7 @@ def _with_workers(
             siblings = list(running)  # the other workers' pipes: a worker closes its inherited copies
             worker = context.Process(
                 target=_work,
-                args=(writer, siblings, os.getpid(), stop, engine, root, scope),
+                args=(writer, siblings, os.getpid(), stop, engine, store, scope),
                 name=f"property-pipeline-worker-{number + 1}",
             )
             worker.start()
@@ -301,7 +301,7 @@ def _work(
     parent_pid: int,
     stop: Any,
     engine: Engine,
-    root: PayloadRoot,
+    store: PayloadStore,
     scope: _Scope,
 ) -> None:
     """A worker process: an ordinary processor over the same scope, its outcomes sent as they happen."""
@@ -314,7 +314,7 @@ def _work(
     engine.dispose(close=False)  # the parent's connections are the parent's; this process opens its own
     processor = PayloadProcessor(
         engine,
-        root,
+        store,
         lease_seconds=scope.lease_seconds,
         max_payload_bytes=scope.max_payload_bytes,
         statement_timeout_seconds=scope.statement_timeout_seconds,

@@ -35,7 +35,8 @@ from property_pipeline.settings import (
 )
 from property_pipeline.states import FileStatus
 from property_pipeline.store import markers
-from property_pipeline.store.layout import PayloadPathError, PayloadRoot
+from property_pipeline.store.backend import PayloadStore, PayloadTooLarge
+from property_pipeline.store.layout import PayloadPathError
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,8 @@ class _ReadAhead:
             )
             if guess is None or guess.file_size_bytes > self._processor.max_payload_bytes:
                 return
-            body = self._processor.root.resolve(guess.file_path).read_bytes()
+            with self._processor.store.open_payload(guess.file_path, self._processor.max_payload_bytes) as handle:
+                body = handle.read()
             page = read_page(body)
             page.validate_all()
             self._result = _ReadPage(guess.file_id, hashlib.sha256(body).hexdigest(), len(body), page)
@@ -232,7 +234,7 @@ class PayloadProcessor:
     def __init__(
         self,
         engine: Engine,
-        root: PayloadRoot,
+        store: PayloadStore,
         *,
         lease_seconds: int = DEFAULT_LEASE_SECONDS,
         worker: str | None = None,
@@ -244,7 +246,7 @@ class PayloadProcessor:
         markers, no processing copy): for a processor whose database is not the one those markers mirror,
         such as a rebuild into a fresh database."""
         self.engine = engine
-        self.root = root
+        self.store = store
         self.lease_seconds = lease_seconds
         self.worker = worker or new_worker_id()
         self.max_payload_bytes = max_payload_bytes
@@ -271,7 +273,7 @@ class PayloadProcessor:
         if prepare:
             report.requeued, report.retried = prepare_backlog(
                 self.engine,
-                self.root,
+                self.store,
                 self.worker,
                 month=month,
                 file_ids=file_ids,
@@ -341,28 +343,32 @@ class PayloadProcessor:
                 self._check_size(payload, len(body))
                 outcome = self._load(payload, io.BytesIO(body), started, before_commit=before_commit)
             elif read_ahead is not None:
-                if self.mirror_markers:
-                    copy = markers.processing_copy(self.root, payload.file_id, self.root.resolve(payload.file_path))
+                root = self.store.folder
+                if self.mirror_markers and root is not None:
+                    copy = markers.processing_copy(root, payload.file_id, root.resolve(payload.file_path))
                 # The bytes were read and checked already; a retried transaction reads them again from disk.
                 outcome = self._load(payload, None, started, page=read_ahead.page, before_commit=before_commit)
             else:
-                source = self.root.resolve(payload.file_path)
-                if not source.is_file():
+                size = self.store.payload_size(payload.file_path)
+                if size is None:
                     raise FileProblem(
-                        f"payload file {payload.file_path} is missing from {self.root.payloads}; "
+                        f"payload file {payload.file_path} is missing from {self.store.describe()}; "
                         "restore it (property-pipeline restore, or from a backup), then retry"
                     )
-                self._check_size(payload, source.stat().st_size)  # before it is read: memory stays bounded
+                self._check_size(payload, size)  # before it is read: memory stays bounded
+                root = self.store.folder
                 # Held open before `processing/` gets its name for the file: that name may be tidied away,
                 # and retention may delete the original meanwhile, never the bytes read.
-                with open(source, "rb") as handle:
-                    if self.mirror_markers:
-                        copy = markers.processing_copy(self.root, payload.file_id, source)
+                with self.store.open_payload(payload.file_path, self.max_payload_bytes) as handle:
+                    if self.mirror_markers and root is not None:
+                        copy = markers.processing_copy(root, payload.file_id, root.resolve(payload.file_path))
                     outcome = self._load(payload, handle, started, before_commit=before_commit)
         except status.LostClaim as error:
             log.warning("%s", error)
             return FileOutcome(payload.file_id, payload.file_path, Outcome.LOST, 0, 0, 0, 0, str(error))
-        except (FileProblem, PayloadPathError, OSError) as error:
+        except PayloadTooLarge as error:
+            outcome = self._fail(payload, str(self._too_large(payload, error.size)), started)
+        except (FileProblem, PayloadPathError, OSError) as error:  # PayloadMissing, PayloadStoreUnavailable too
             outcome = self._fail(payload, str(error), started)
         except ConflictsPersisted as error:
             self._release_quietly(payload, str(error))
@@ -383,8 +389,7 @@ class PayloadProcessor:
             if copy is not None:
                 markers.drop_processing_copy(copy)
         if self.mirror_markers:
-            markers.follow(
-                self.root,
+            self.store.follow(
                 payload.file_path,
                 FileStatus(outcome.status),  # COMPLETED or FAILED here: the file's new state
                 file_id=payload.file_id,
@@ -396,11 +401,14 @@ class PayloadProcessor:
 
     def _check_size(self, payload: PayloadFile, size: int) -> None:
         if size > self.max_payload_bytes:
-            raise FileProblem(
-                f"payload file {payload.file_path} is {size:,} bytes, above the limit of "
-                f"{self.max_payload_bytes:,} (PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES); it was not read. "
-                "Raise the limit if the file is genuine, then retry"
-            )
+            raise self._too_large(payload, size)
+
+    def _too_large(self, payload: PayloadFile, size: int) -> FileProblem:
+        return FileProblem(
+            f"payload file {payload.file_path} is {size:,} bytes, above the limit of "
+            f"{self.max_payload_bytes:,} (PROPERTY_PIPELINE_MAX_PAYLOAD_BYTES); it was not read. "
+            "Raise the limit if the file is genuine, then retry"
+        )
 
     def _load(
         self,
@@ -417,7 +425,7 @@ class PayloadProcessor:
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             if page is None or attempt > 1:
                 if handle is None:
-                    with open(self.root.resolve(payload.file_path), "rb") as fresh:
+                    with self.store.open_payload(payload.file_path, self.max_payload_bytes) as fresh:
                         page = self._read(payload, fresh)
                 else:
                     page = self._read(payload, handle)
@@ -428,7 +436,7 @@ class PayloadProcessor:
                     # Records are validated while they load: the counts are known once load_records returns.
                     dropped = load_records(conn, payload, page)
                     # A reload whose page no longer delivers some properties: they get their other sources.
-                    replay.give_new_sources(conn, payload.file_id, dropped, replay.page_reader(self.root))
+                    replay.give_new_sources(conn, payload.file_id, dropped, replay.page_reader(self.store))
                     elapsed_ms = _elapsed_ms(started)
                     status.mark_completed(
                         conn,
@@ -520,7 +528,7 @@ class PayloadProcessor:
             with self.engine.begin() as conn:
                 status.hold_claim(conn, payload.file_id, self.worker)
                 dropped = replay.unload(conn, payload.file_id)
-                replay.give_new_sources(conn, payload.file_id, dropped, replay.page_reader(self.root))
+                replay.give_new_sources(conn, payload.file_id, dropped, replay.page_reader(self.store))
                 return status.mark_failed_in(conn, payload.file_id, self.worker, message, processing_time_ms=elapsed_ms)
         except status.LostClaim:
             return False

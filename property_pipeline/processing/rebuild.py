@@ -45,7 +45,7 @@ from property_pipeline.settings import (
     DEFAULT_STATEMENT_TIMEOUT_SECONDS,
 )
 from property_pipeline.states import FileStatus
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.backend import PayloadStore
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def pending_in_target(target: Engine) -> int:
 def rebuild(
     source: Engine,
     target: Engine,
-    root: PayloadRoot,
+    store: PayloadStore,
     *,
     from_month: str | None = None,
     to_month: str | None = None,
@@ -150,16 +150,16 @@ def rebuild(
                 on_registered(pending_in_target(target))
             processor = PayloadProcessor(
                 target,
-                root,
+                store,
                 lease_seconds=lease_seconds,
                 max_payload_bytes=max_payload_bytes,
                 statement_timeout_seconds=statement_timeout_seconds,
                 mirror_markers=False,
             )
-            _load_from_archives(target, root, processor, report, on_file)
+            _load_from_archives(target, store, processor, report, on_file)
             backlog = process_backlog(
                 target,
-                root,
+                store,
                 workers=workers,
                 lease_seconds=lease_seconds,
                 max_payload_bytes=max_payload_bytes,
@@ -282,7 +282,7 @@ def _discard_reasons(source: Engine) -> dict[int, str]:
 
 def _load_from_archives(
     target: Engine,
-    root: PayloadRoot,
+    store: PayloadStore,
     processor: PayloadProcessor,
     report: RebuildReport,
     on_file: ProgressCallback | None,
@@ -309,7 +309,7 @@ def _load_from_archives(
         problem = "it was deleted by retention without an archive: its records are gone"
         if archive_name is not None:
             try:
-                for path, body in read_members(root, archive_name, wanted):
+                for path, body in read_members(store, archive_name, wanted):
                     del unread[path]
                     outcome = _load_one(target, processor, ids[path], body)
                     if outcome is not None:

@@ -28,14 +28,13 @@ from property_pipeline.db import status
 from property_pipeline.db.queries import file_paths
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import file_properties, properties
-from property_pipeline.errors import ProcessingError
+from property_pipeline.errors import PayloadError, ProcessingError
 from property_pipeline.processing.loader import upsert_from_source
 from property_pipeline.processing.parse import PayloadFormatError, PayloadPage, read_page
 from property_pipeline.retention.archive import ArchiveError, ManifestEntry, read_members
 from property_pipeline.retention.months import month_lock
 from property_pipeline.states import FileStatus
-from property_pipeline.store import markers
-from property_pipeline.store.layout import PayloadPathError, PayloadRoot
+from property_pipeline.store.backend import PayloadStore
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ def plan_reprocess(
 
 def mark_for_reprocessing(
     engine: Engine,
-    root: PayloadRoot,
+    store: PayloadStore,
     actor: str,
     plan: ReprocessPlan,
     reason: str,
@@ -126,17 +125,17 @@ def mark_for_reprocessing(
         with month_lock(engine, month, None if on_wait is None else partial(on_wait, month)):
             marked += status.mark_for_reprocessing(engine, actor, file_ids, reason)
     for path in file_paths(engine, marked).values():
-        markers.mark_pending(root, path)
+        store.follow(path, FileStatus.PENDING)
     return sorted(marked)
 
 
-def discard(engine: Engine, root: PayloadRoot, actor: str, file_ids: Sequence[int], reason: str) -> list[int]:
+def discard(engine: Engine, store: PayloadStore, actor: str, file_ids: Sequence[int], reason: str) -> list[int]:
     """FAILED → DISCARDED (recorded with `reason`), with their `processed/` markers saying so."""
     if not reason.strip():
         raise ValueError("say why the files are discarded (--reason): it is recorded with each file")
     discarded = status.discard_failed(engine, actor, file_ids, reason)
     for file_id, path in file_paths(engine, discarded).items():
-        markers.follow(root, path, FileStatus.DISCARDED, file_id=file_id, reason=reason)
+        store.follow(path, FileStatus.DISCARDED, file_id=file_id, reason=reason)
     return discarded
 
 
@@ -222,7 +221,7 @@ def _take_values_from_next_source(
     return False
 
 
-def read_registered(root: PayloadRoot, source: SourceFile) -> bytes:
+def read_registered(store: PayloadStore, source: SourceFile) -> bytes:
     """A registered file's bytes, checked against its SHA-256: from the payload folder, or, for a file retention
     deleted, straight from its verified archive (nothing written back). SourceUnavailable otherwise."""
     if source.deleted:
@@ -232,26 +231,27 @@ def read_registered(root: PayloadRoot, source: SourceFile) -> bytes:
             source.file_id, source.file_path, source.file_size_bytes, source.checksum_sha256
         )
         try:
-            return next(body for _, body in read_members(root, source.archive_name, {source.file_path: entry}))
+            return next(body for _, body in read_members(store, source.archive_name, {source.file_path: entry}))
         except (ArchiveError, StopIteration) as error:
             raise SourceUnavailable(f"{source.file_path}: its archive cannot give it back ({error})") from None
     try:
-        body = root.resolve(source.file_path).read_bytes()
-    except (OSError, PayloadPathError) as error:
+        with store.open_payload(source.file_path, source.file_size_bytes) as handle:
+            body = handle.read()
+    except (OSError, PayloadError) as error:
         raise SourceUnavailable(f"{source.file_path} cannot be read ({error}); restore it, then try again") from None
     if hashlib.sha256(body).hexdigest() != source.checksum_sha256:
         raise SourceUnavailable(f"{source.file_path} no longer matches its SHA-256; put its bytes back first")
     return body
 
 
-def page_reader(root: PayloadRoot) -> PageReader:
+def page_reader(store: PayloadStore) -> PageReader:
     """Read and parse the pages of registered files, each at most once (a cache for one reload)."""
     pages: dict[int, PayloadPage] = {}
 
     def page_of(source: SourceFile) -> PayloadPage:
         if source.file_id not in pages:
             try:
-                pages[source.file_id] = read_page(read_registered(root, source))
+                pages[source.file_id] = read_page(read_registered(store, source))
             except PayloadFormatError as error:
                 raise SourceUnavailable(f"{source.file_path} is no page any more: {error}") from None
         return pages[source.file_id]

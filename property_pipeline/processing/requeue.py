@@ -9,15 +9,17 @@ from sqlalchemy import Engine
 
 from property_pipeline.db import status
 from property_pipeline.db.queries import file_paths, processing_paths
+from property_pipeline.states import FileStatus
 from property_pipeline.store import markers
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.backend import PayloadStore
+from property_pipeline.store.folder import PayloadRoot
 
 log = logging.getLogger(__name__)
 
 
 def retry_failed_files(
     engine: Engine,
-    root: PayloadRoot,
+    store: PayloadStore,
     actor: str,
     *,
     file_ids: Sequence[int] | None = None,
@@ -27,7 +29,7 @@ def retry_failed_files(
     """FAILED → PENDING for the chosen files (recorded), with their `pending/` markers; the file ids moved."""
     retried = status.retry_failed(engine, actor, file_ids=file_ids, month=month, all_failed=all_failed)
     for path in file_paths(engine, retried).values():
-        markers.mark_pending(root, path)
+        store.follow(path, FileStatus.PENDING)
     return retried
 
 
@@ -45,7 +47,7 @@ def tidy_processing_copies(engine: Engine, root: PayloadRoot) -> int:
 
 def prepare_backlog(
     engine: Engine,
-    root: PayloadRoot,
+    store: PayloadStore,
     actor: str,
     *,
     month: str | None = None,
@@ -60,11 +62,11 @@ def prepare_backlog(
     requeued = status.requeue_expired_claims(engine, actor)
     for file_id in requeued:
         log.warning("file %s: lease expired, its processor stopped; back to PENDING", file_id)
-    if mirror_markers:
-        tidy_processing_copies(engine, root)
+    if mirror_markers and store.folder is not None:
+        tidy_processing_copies(engine, store.folder)
     retried: list[int] = []
     if include_failed and mirror_markers:
-        retried = retry_failed_files(engine, root, actor, file_ids=file_ids, month=month, all_failed=True)
+        retried = retry_failed_files(engine, store, actor, file_ids=file_ids, month=month, all_failed=True)
     elif include_failed:
         retried = status.retry_failed(engine, actor, file_ids=file_ids, month=month, all_failed=True)
     return requeued, retried

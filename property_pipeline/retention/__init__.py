@@ -18,7 +18,7 @@ from property_pipeline.retention.archive import (
     ArchiveError,
     ManifestEntry,
     archive_name_for,
-    archive_path,
+    checked_archive_name,
     verify_archive,
     write_archive,
 )
@@ -47,7 +47,7 @@ __all__ = [
     "SkippedFile",
     "apply_retention",
     "archive_name_for",
-    "archive_path",
+    "checked_archive_name",
     "month_lock",
     "oldest_kept_month",
     "plan_retention",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import stat
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -19,20 +17,19 @@ from property_pipeline.retention.archive import (
     ARCHIVE_PREFIX,
     ArchiveError,
     ManifestEntry,
-    archive_path,
-    verify_archive,
+    verify_stored_archive,
     write_archive,
 )
 from property_pipeline.retention.months import month_lock, remove_leftovers
 from property_pipeline.retention.plan import Failure, RetentionFile, RetentionPlan, plan_months
-from property_pipeline.store import markers
-from property_pipeline.store.layout import PayloadPathError, PayloadRoot
+from property_pipeline.store.backend import PayloadStore
+from property_pipeline.store.folder import remove_original as _remove_original
+from property_pipeline.store.layout import PayloadPathError
 from property_pipeline.store.publish import (
     fsync_folder,
 )
 
 log = logging.getLogger(__name__)
-OWNER_WRITABLE = stat.S_IRUSR | stat.S_IWUSR
 
 
 @dataclass
@@ -69,7 +66,7 @@ class RetentionReport:
 
 def apply_retention(
     engine: Engine,
-    root: PayloadRoot,
+    store: PayloadStore,
     plan: RetentionPlan,
     *,
     archive: bool = True,
@@ -85,32 +82,34 @@ def apply_retention(
     for month in [month_plan.month for month_plan in plan.months if month_plan.files]:
         waiting = None if on_wait is None else partial(on_wait, month)
         with month_lock(engine, month, waiting):
-            remove_leftovers(root.archive, f"{ARCHIVE_PREFIX}{month}_*")
-            for month_plan in plan_months(engine, root, plan.oldest_kept_month, only=month):
+            if store.folder is not None:
+                remove_leftovers(store.folder.archive, f"{ARCHIVE_PREFIX}{month}_*")
+            for month_plan in plan_months(engine, store, plan.oldest_kept_month, only=month):
                 todo = [payload for payload in month_plan.files if payload.file_id in planned]
                 if todo:
-                    report.months.append(_apply_month(engine, root, month, todo, archive))
+                    report.months.append(_apply_month(engine, store, month, todo, archive))
     return report
 
 
 def _apply_month(
-    engine: Engine, root: PayloadRoot, month: str, todo: list[RetentionFile], archive: bool
+    engine: Engine, store: PayloadStore, month: str, todo: list[RetentionFile], archive: bool
 ) -> MonthResult:
     result = MonthResult(month)
-    covered, unarchived = _check_recorded_archives(root, todo, result)
+    covered, unarchived = _check_recorded_archives(store, todo, result)
     if not archive:
         for payload in unarchived:
-            _delete_unarchived(engine, root, payload, result)
+            _delete_unarchived(engine, store, payload, result)
     elif unarchived:
-        covered += _archive_or_report(engine, root, month, unarchived, result)
+        covered += _archive_or_report(engine, store, month, unarchived, result)
     for payload in covered:
-        _delete_archived(engine, root, payload, result)
-    _tidy_month_folder(root.month_dir(month))
+        _delete_archived(engine, store, payload, result)
+    if store.folder is not None:
+        _tidy_month_folder(store.folder.month_dir(month))
     return result
 
 
 def _check_recorded_archives(
-    root: PayloadRoot, todo: list[RetentionFile], result: MonthResult
+    store: PayloadStore, todo: list[RetentionFile], result: MonthResult
 ) -> tuple[list[RetentionFile], list[RetentionFile]]:
     """(files inside an archive that verifies now, files that still need one)."""
     covered: list[RetentionFile] = []
@@ -121,7 +120,7 @@ def _check_recorded_archives(
             by_archive[payload.archive_name].append(payload)
     for name, group in by_archive.items():
         try:
-            verify_archive(archive_path(root, name), [_registered(p) for p in group])
+            verify_stored_archive(store, name, [_registered(p) for p in group])
             covered += group
         except ArchiveError as error:
             log.warning("%s; files still on disk are archived again", error)
@@ -137,11 +136,11 @@ def _check_recorded_archives(
 
 
 def _archive_or_report(
-    engine: Engine, root: PayloadRoot, month: str, payloads: list[RetentionFile], result: MonthResult
+    engine: Engine, store: PayloadStore, month: str, payloads: list[RetentionFile], result: MonthResult
 ) -> list[RetentionFile]:
     """Archive, verify and record `payloads`; on failure report it and return no file to delete."""
     try:
-        name = _archive_month(engine, root, month, payloads)
+        name = _archive_month(engine, store, month, payloads)
     except ArchiveError as error:
         result.failures.append(Failure(None, f"{month}: {error}. Nothing of this month was deleted"))
         return []
@@ -149,52 +148,53 @@ def _archive_or_report(
     return [replace(payload, archive_name=name) for payload in payloads]
 
 
-def _archive_month(engine: Engine, root: PayloadRoot, month: str, payloads: list[RetentionFile]) -> str:
-    """Write and read back one archive, then record it on the rows in one transaction; ArchiveError otherwise."""
-    path = write_archive(root, month, payloads)
+def _archive_month(engine: Engine, store: PayloadStore, month: str, payloads: list[RetentionFile]) -> str:
+    """Write the archive, read it back from the store and verify it, then record it on the rows in one
+    transaction; ArchiveError otherwise."""
+    name = write_archive(store, month, payloads)
     try:
-        verify_archive(path, [_registered(p) for p in payloads])
+        verify_stored_archive(store, name, [_registered(p) for p in payloads])
         with engine.begin() as conn:
-            marked = status.record_archived(conn, [p.file_id for p in payloads], path.name)
+            marked = status.record_archived(conn, [p.file_id for p in payloads], name)
             if marked != len(payloads):
                 raise ArchiveError(f"only {marked} of {len(payloads)} files are still settled; rerun cleanup")
     except BaseException:
-        _discard(path)  # never referenced by the database: removing it loses nothing
+        store.delete_archive(name)  # never referenced by the database: removing it loses nothing
         raise
-    return path.name
+    return name
 
 
-def _delete_archived(engine: Engine, root: PayloadRoot, payload: RetentionFile, result: MonthResult) -> None:
+def _delete_archived(engine: Engine, store: PayloadStore, payload: RetentionFile, result: MonthResult) -> None:
     """Original → gone, then `deleted_at` (the archive verified and is recorded already)."""
     if payload.on_disk:
-        path = _deletable(root, payload, result)
-        if path is None or not _remove_or_report(path, payload, result):
+        if not _deletable(store, payload, result) or not _remove_or_report(store, payload, result):
             return
     status.record_deleted(engine, payload.file_id)
-    markers.clear_markers(root, payload.file_path)
+    store.clear_markers(payload.file_path)
     _count_deleted(payload, result)
 
 
-def _delete_unarchived(engine: Engine, root: PayloadRoot, payload: RetentionFile, result: MonthResult) -> None:
+def _delete_unarchived(engine: Engine, store: PayloadStore, payload: RetentionFile, result: MonthResult) -> None:
     """`deleted_at` first, then the original (no archive to check a missing file against)."""
-    path = _deletable(root, payload, result)
-    if path is None:
+    if not _deletable(store, payload, result):
         return
     status.record_deleted(engine, payload.file_id)
-    if _remove_or_report(path, payload, result):
-        markers.clear_markers(root, payload.file_path)
+    if _remove_or_report(store, payload, result):
+        store.clear_markers(payload.file_path)
         _count_deleted(payload, result)
 
 
-def _deletable(root: PayloadRoot, payload: RetentionFile, result: MonthResult) -> Path | None:
-    """The file's own path, or None (with the failure recorded) when it is reached through a link."""
+def _deletable(store: PayloadStore, payload: RetentionFile, result: MonthResult) -> bool:
+    """True for a file at its own place; False (with the failure recorded) when it is reached through a link."""
     try:
-        path = root.resolve(payload.file_path)
-        root.check_not_linked(path)
+        if (root := store.folder) is not None:
+            root.check_not_linked(root.resolve(payload.file_path))
+        else:
+            store.location(payload.file_path)  # the key is checked to be a payload's
     except PayloadPathError as error:
         result.failures.append(Failure(payload.file_path, f"not deleted: {error}; put the file back in its own folder"))
-        return None
-    return path
+        return False
+    return True
 
 
 def _count_deleted(payload: RetentionFile, result: MonthResult) -> None:
@@ -205,31 +205,20 @@ def _count_deleted(payload: RetentionFile, result: MonthResult) -> None:
         result.healed.append(payload.file_path)
 
 
-def _remove_or_report(path: Path, payload: RetentionFile, result: MonthResult) -> bool:
+def _remove_or_report(store: PayloadStore, payload: RetentionFile, result: MonthResult) -> bool:
     try:
-        _remove_original(path)
+        if (root := store.folder) is not None:
+            _remove_original(root.resolve(payload.file_path))  # checked not to be reached through a link
+        else:
+            store.delete_payload(payload.file_path)
     except FileNotFoundError:
         pass
-    except OSError as error:
+    except (OSError, PayloadPathError) as error:
         result.failures.append(
             Failure(payload.file_path, f"could not delete: {error}; it stays on disk, fix it and rerun cleanup")
         )
         return False
     return True
-
-
-def _remove_original(path: Path) -> None:
-    """Delete one original payload (read-only 0444: made writable first, for filesystems that care)."""
-    os.chmod(path, OWNER_WRITABLE)
-    os.unlink(path)
-
-
-def _discard(path: Path) -> None:
-    try:
-        os.chmod(path, OWNER_WRITABLE)
-        path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def _tidy_month_folder(folder: Path) -> None:

@@ -11,6 +11,7 @@ import re
 import tarfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,11 +20,9 @@ from typing import IO, BinaryIO
 from property_pipeline.db.schema import utcnow
 from property_pipeline.errors import PipelineError
 from property_pipeline.retention.plan import RetentionFile
-from property_pipeline.store.layout import PayloadRoot, format_timestamp, validate_month
-from property_pipeline.store.publish import (
-    HASH_CHUNK,
-    publishing,
-)
+from property_pipeline.store.backend import PayloadMissing, PayloadStore, PayloadStoreUnavailable, PayloadTooLarge
+from property_pipeline.store.layout import format_timestamp, validate_month
+from property_pipeline.store.publish import HASH_CHUNK
 
 log = logging.getLogger(__name__)
 
@@ -69,28 +68,43 @@ def archive_name_for(month: str, moment: datetime) -> str:
     return f"{ARCHIVE_PREFIX}{validate_month(month)}_{format_timestamp(moment)}.tar.gz"
 
 
-def archive_path(root: PayloadRoot, archive_name: str) -> Path:
-    """The path of a recorded archive; refuses names retention does not write (no path tricks from the database)."""
+def checked_archive_name(archive_name: str) -> str:
+    """A recorded archive's name; refuses names retention does not write (no path tricks from the database)."""
     if not ARCHIVE_NAME_RE.fullmatch(archive_name):
         raise ArchiveError(f"archive name {archive_name!r} is not one retention writes; it was not read")
-    return root.archive / archive_name
+    return archive_name
 
 
-def write_archive(root: PayloadRoot, month: str, payloads: Sequence[RetentionFile]) -> Path:
-    """Write one tar.gz of `payloads` plus manifest.json under logs/archive/ atomically; return its path."""
-    root.archive.mkdir(parents=True, exist_ok=True)
-    final = root.archive / archive_name_for(month, utcnow())
+def write_archive(store: PayloadStore, month: str, payloads: Sequence[RetentionFile]) -> str:
+    """Write one tar.gz of `payloads` plus manifest.json into the store's archives, create-only; return its name."""
+    name = archive_name_for(month, utcnow())
     try:
-        with publishing(final) as handle:
-            _write_tar(handle, root, month, payloads)
+        with store.writing_archive(name) as handle:
+            _write_tar(handle, store, month, payloads)
     except OSError as error:
-        raise ArchiveError(f"could not write archive {final}: {error}") from error
-    return final
+        raise ArchiveError(f"could not write archive {store.archive_location(name)}: {error}") from error
+    return name
 
 
-def _write_tar(handle: BinaryIO, root: PayloadRoot, month: str, payloads: Sequence[RetentionFile]) -> None:
+@contextmanager
+def stored_archive(store: PayloadStore, archive_name: str) -> Iterator[Path]:
+    """A recorded archive as a local file to read (fetched from object storage); ArchiveError when it is not there."""
+    try:
+        with store.reading_archive(checked_archive_name(archive_name)) as path:
+            yield path
+    except (PayloadMissing, PayloadStoreUnavailable) as error:
+        raise ArchiveError(f"archive {archive_name} cannot be read back: {error}") from error
+
+
+def verify_stored_archive(store: PayloadStore, archive_name: str, expected: Sequence[ManifestEntry]) -> None:
+    """Read a stored archive back in full (from the store, not from what was written) and verify it."""
+    with stored_archive(store, archive_name) as path:
+        verify_archive(path, expected)
+
+
+def _write_tar(handle: BinaryIO, store: PayloadStore, month: str, payloads: Sequence[RetentionFile]) -> None:
     with tarfile.open(fileobj=handle, mode="w:gz", compresslevel=6) as tar:
-        entries = [asdict(_add_payload(tar, root, payload)) for payload in payloads]
+        entries = [asdict(_add_payload(tar, store, payload)) for payload in payloads]
         manifest = {"format": MANIFEST_FORMAT, "month": month, "created_at": utcnow().isoformat(), "files": entries}
         body = json.dumps(manifest, indent=2).encode()
         info = tarfile.TarInfo(MANIFEST_NAME)
@@ -98,15 +112,19 @@ def _write_tar(handle: BinaryIO, root: PayloadRoot, month: str, payloads: Sequen
         tar.addfile(info, io.BytesIO(body))
 
 
-def _add_payload(tar: tarfile.TarFile, root: PayloadRoot, payload: RetentionFile) -> ManifestEntry:
-    path = root.resolve(payload.file_path)
-    with open(path, "rb") as source:
-        facts = os.fstat(source.fileno())
-        info = tarfile.TarInfo(payload.file_path)
-        info.size, info.mode, info.mtime = facts.st_size, 0o444, int(facts.st_mtime)
-        reader = _HashingReader(source)
-        tar.addfile(info, reader)
-    entry = ManifestEntry.registered(payload.file_id, payload.file_path, info.size, reader.digest.hexdigest())
+def _add_payload(tar: tarfile.TarFile, store: PayloadStore, payload: RetentionFile) -> ManifestEntry:
+    try:
+        # One byte above the registered size is let through, so that a grown file reads as a mismatch below.
+        with store.open_payload(payload.file_path, payload.size_bytes + 1) as source:
+            size = source.seek(0, io.SEEK_END)
+            source.seek(0)
+            info = tarfile.TarInfo(payload.file_path)
+            info.size, info.mode, info.mtime = size, 0o444, _modified(source)
+            reader = _HashingReader(source)
+            tar.addfile(info, reader)
+        entry = ManifestEntry.registered(payload.file_id, payload.file_path, info.size, reader.digest.hexdigest())
+    except PayloadTooLarge as error:
+        entry = ManifestEntry.registered(payload.file_id, payload.file_path, error.size, "(not read)")
     if (entry.sha256, entry.size) != (payload.checksum_sha256, payload.size_bytes):
         raise ArchiveError(
             f"{payload.file_path} (file {payload.file_id}) no longer matches its registered SHA-256 "
@@ -151,14 +169,13 @@ def _read_archive(path: Path) -> tuple[dict[str, tuple[str, int]], list[Manifest
 
 
 def read_members(
-    root: PayloadRoot, archive_name: str, wanted: Mapping[str, ManifestEntry]
+    store: PayloadStore, archive_name: str, wanted: Mapping[str, ManifestEntry]
 ) -> Iterator[tuple[str, bytes]]:
     """The bytes of the wanted members of an archive, each checked against its registered SHA-256 and size,
-    streamed from the tar.gz (nothing is written to disk). ArchiveError when a member differs or is missing."""
-    path = archive_path(root, archive_name)
+    streamed from the tar.gz (none written beside the payloads). ArchiveError when a member differs or is missing."""
     found: set[str] = set()
     try:
-        with tarfile.open(path, "r:gz") as tar:
+        with stored_archive(store, archive_name) as path, tarfile.open(path, "r:gz") as tar:
             for member in tar:
                 want = wanted.get(member.name)
                 stream = tar.extractfile(member) if want is not None else None
@@ -174,6 +191,14 @@ def read_members(
     missing = sorted(set(wanted) - found)
     if missing:
         raise ArchiveError(f"archive {archive_name} does not hold {missing[:3]}")
+
+
+def _modified(source: BinaryIO) -> int:
+    """A member's modification time: the file's own in a folder, now for an object (the bytes are what count)."""
+    try:
+        return int(os.fstat(source.fileno()).st_mtime)
+    except (OSError, io.UnsupportedOperation):
+        return int(utcnow().timestamp())
 
 
 def _hash_stream(stream: IO[bytes]) -> tuple[str, int]:

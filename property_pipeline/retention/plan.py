@@ -12,7 +12,8 @@ from sqlalchemy import Engine, Row, select
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.registration import month_folders, payload_candidates
 from property_pipeline.states import SETTLED, FileStatus
-from property_pipeline.store.layout import PayloadPathError, PayloadRoot
+from property_pipeline.store.backend import PayloadStore
+from property_pipeline.store.layout import PayloadPathError
 
 NOT_COMPLETED_REASONS = {
     FileStatus.PENDING: "PENDING: not loaded yet; retention deletes only settled files "
@@ -108,44 +109,70 @@ def oldest_kept_month(today: date, keep_months: int) -> str:
     return f"{index // 12:04d}-{index % 12 + 1:02d}"
 
 
-def plan_retention(engine: Engine, root: PayloadRoot, *, keep_months: int, today: date | None = None) -> RetentionPlan:
+def plan_retention(
+    engine: Engine, store: PayloadStore, *, keep_months: int, today: date | None = None
+) -> RetentionPlan:
     """Which files of the months older than the kept window would be removed, and which are skipped and why."""
     oldest = oldest_kept_month(today or datetime.now(UTC).date(), keep_months)
-    return RetentionPlan(keep_months, oldest, plan_months(engine, root, oldest))
+    return RetentionPlan(keep_months, oldest, plan_months(engine, store, oldest))
 
 
-def plan_months(engine: Engine, root: PayloadRoot, oldest_kept: str, only: str | None = None) -> list[MonthPlan]:
+def plan_months(engine: Engine, store: PayloadStore, oldest_kept: str, only: str | None = None) -> list[MonthPlan]:
     query = select(*ROW_COLUMNS).where(files.c.month < oldest_kept).order_by(files.c.file_id)
     if only is not None:
         query = query.where(files.c.month == only)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     months: dict[str, MonthPlan] = {}
+    listed = _listed(store, oldest_kept, only)
     for row in rows:
-        entry = _classify(root, row)
+        entry = _classify(store, listed, row)
         if isinstance(entry, RetentionFile):
             months.setdefault(row.month, MonthPlan(row.month)).files.append(entry)
         elif entry is not None:
             months.setdefault(row.month, MonthPlan(row.month)).skipped.append(entry)
     known = {row.file_path for row in rows}
-    for folder in month_folders(root):
-        if folder.name >= oldest_kept or (only is not None and folder.name != only):
-            continue
-        for candidate in payload_candidates(folder):
-            path = f"{folder.name}/{candidate.name}"
-            if path not in known:
-                months.setdefault(folder.name, MonthPlan(folder.name)).skipped.append(
-                    SkippedFile(path, UNREGISTERED_REASON)
-                )
+    for month, paths in (listed if listed is not None else _folder_listing(store, oldest_kept, only)).items():
+        for path in sorted(paths - known):
+            months.setdefault(month, MonthPlan(month)).skipped.append(SkippedFile(path, UNREGISTERED_REASON))
     return [months[month] for month in sorted(months)]
 
 
-def _classify(root: PayloadRoot, row: StatusRow) -> RetentionFile | SkippedFile | None:
+def _listed(store: PayloadStore, oldest_kept: str, only: str | None) -> dict[str, set[str]] | None:
+    """On object storage, the payloads of the months in scope, one listing each (no request per file);
+    None for a folder, where each file is looked at in place."""
+    if store.folder is not None:
+        return None
+    return {
+        month: {found.relative_path for found in store.list_payloads(month)}
+        for month in store.list_months()
+        if month < oldest_kept and (only is None or month == only)
+    }
+
+
+def _folder_listing(store: PayloadStore, oldest_kept: str, only: str | None) -> dict[str, set[str]]:
+    root = store.folder
+    if root is None:
+        return {}
+    return {
+        folder.name: {f"{folder.name}/{candidate.name}" for candidate in payload_candidates(folder)}
+        for folder in month_folders(root)
+        if folder.name < oldest_kept and (only is None or folder.name == only)
+    }
+
+
+def _classify(
+    store: PayloadStore, listed: dict[str, set[str]] | None, row: StatusRow
+) -> RetentionFile | SkippedFile | None:
     """A file to remove, a file to skip (with the reason), or None when retention is done with it."""
     if row.status not in SETTLED:
         return SkippedFile(row.file_path, NOT_COMPLETED_REASONS.get(row.status, row.status), row.file_id)
     try:
-        on_disk = root.resolve(row.file_path).is_file()
+        if listed is None:
+            on_disk = store.payload_size(row.file_path) is not None
+        else:
+            store.location(row.file_path)  # the key is checked to be a payload's
+            on_disk = row.file_path in listed.get(row.month, set())
     except PayloadPathError as error:
         return SkippedFile(row.file_path, f"unsafe path, left alone: {error}", row.file_id)
     if not on_disk and row.deleted_at is not None:

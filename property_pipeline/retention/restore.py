@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import tarfile
 import zlib
 from collections import defaultdict
@@ -17,17 +16,12 @@ from sqlalchemy import Engine, select
 
 from property_pipeline.db import status
 from property_pipeline.db.schema import batch_file_status as files
-from property_pipeline.retention.archive import ArchiveError, ManifestEntry, archive_path, verify_archive
+from property_pipeline.retention.archive import ArchiveError, ManifestEntry, stored_archive, verify_archive
 from property_pipeline.retention.months import month_lock, remove_leftovers
 from property_pipeline.retention.plan import ROW_COLUMNS, Failure, StatusRow
-from property_pipeline.store import markers
-from property_pipeline.store.layout import PayloadPathError, PayloadRoot, validate_month
-from property_pipeline.store.publish import (
-    HASH_CHUNK,
-    PublishedBytesDiffer,
-    publishing,
-    sha256_file,
-)
+from property_pipeline.store.backend import PayloadStore
+from property_pipeline.store.layout import PayloadPathError, validate_month
+from property_pipeline.store.publish import PublishedBytesDiffer
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +43,7 @@ class RestoreReport:
 
 
 def restore_month(
-    engine: Engine, root: PayloadRoot, month: str, on_wait: Callable[[str], None] | None = None
+    engine: Engine, store: PayloadStore, month: str, on_wait: Callable[[str], None] | None = None
 ) -> RestoreReport:
     """Put a month's archived files back on disk, byte-identical, read-only; clear `deleted_at`; mark processed.
 
@@ -57,10 +51,10 @@ def restore_month(
     """
     validate_month(month)
     with month_lock(engine, month, None if on_wait is None else partial(on_wait, month)):
-        return _restore_month(engine, root, month)
+        return _restore_month(engine, store, month)
 
 
-def _restore_month(engine: Engine, root: PayloadRoot, month: str) -> RestoreReport:
+def _restore_month(engine: Engine, store: PayloadStore, month: str) -> RestoreReport:
     report = RestoreReport(month)
     with engine.connect() as conn:
         rows = conn.execute(
@@ -79,47 +73,48 @@ def _restore_month(engine: Engine, root: PayloadRoot, month: str) -> RestoreRepo
             by_archive[row.archive_name].append(row)
     for name, group in by_archive.items():
         report.archives.append(name)
-        _restore_from_archive(root, name, group, report)
+        _restore_from_archive(store, name, group, report)
     back = set(report.restored) | set(report.already_present)
     done = [row for row in rows if row.file_path in back]
     status.record_restored(engine, [row.file_id for row in done])
     for row in done:
-        markers.mark_processed(
-            root, row.file_path, {"file_id": row.file_id, "status": row.status, "restored_from": row.archive_name}
-        )
+        store.follow(row.file_path, row.status, file_id=row.file_id, restored_from=row.archive_name)
     return report
 
 
-def _restore_from_archive(root: PayloadRoot, name: str, rows: list[StatusRow], report: RestoreReport) -> None:
+def _restore_from_archive(store: PayloadStore, name: str, rows: list[StatusRow], report: RestoreReport) -> None:
     needed: dict[str, StatusRow] = {}
     for row in rows:
         try:
-            target = root.resolve(row.file_path)
-            root.check_not_linked(target)
+            if (root := store.folder) is not None:
+                target = root.resolve(row.file_path)
+                root.check_not_linked(target)
+                remove_leftovers(target.parent, target.name)  # left by a restore that was killed
+            present = store.hash_payload(row.file_path)
         except PayloadPathError as error:
             report.failures.append(
                 Failure(row.file_path, f"not restored: {error}; remove the link, then rerun restore")
             )
             continue
-        remove_leftovers(target.parent, target.name)  # left by a restore that was killed
-        if not target.exists():
+        if present is None:
             needed[row.file_path] = row
-        elif sha256_file(target)[0] == row.checksum_sha256:
+        elif present[0] == row.checksum_sha256:
             report.already_present.append(row.file_path)
         else:
-            reason = f"{target} exists and differs from the archived bytes; move it aside, then rerun restore"
+            where = store.location(row.file_path)
+            reason = f"{where} exists and differs from the archived bytes; move it aside, then rerun restore"
             report.failures.append(Failure(row.file_path, reason))
     if not needed:
         return
     try:
-        path = archive_path(root, name)
-        verify_archive(path, [_registered_row(row) for row in needed.values()])
-        _extract(root, path, needed, report)
+        with stored_archive(store, name) as path:
+            verify_archive(path, [_registered_row(row) for row in needed.values()])
+            _extract(store, path, needed, report)
     except ArchiveError as error:
         report.failures += [Failure(p, f"not restored: {error}") for p in needed if p not in report.restored]
 
 
-def _extract(root: PayloadRoot, path: Path, needed: dict[str, StatusRow], report: RestoreReport) -> None:
+def _extract(store: PayloadStore, path: Path, needed: dict[str, StatusRow], report: RestoreReport) -> None:
     try:
         with tarfile.open(path, "r:gz") as tar:
             for member in tar:
@@ -128,7 +123,7 @@ def _extract(root: PayloadRoot, path: Path, needed: dict[str, StatusRow], report
                 if row is None or stream is None:
                     continue
                 try:
-                    _publish(stream, root.resolve(row.file_path), row.checksum_sha256)
+                    _publish(store, stream, row)
                     report.restored.append(row.file_path)
                 except (OSError, ArchiveError) as error:
                     report.failures.append(Failure(row.file_path, f"not restored: {error}"))
@@ -136,16 +131,14 @@ def _extract(root: PayloadRoot, path: Path, needed: dict[str, StatusRow], report
         raise ArchiveError(f"archive {path.name} cannot be read ({type(error).__name__}: {error})") from error
 
 
-def _publish(stream: IO[bytes], target: Path, checksum: str) -> None:
-    """Write a restored file crash-safely, read back and checked against its SHA-256 first; never overwrite."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _publish(store: PayloadStore, stream: IO[bytes], row: StatusRow) -> None:
+    """Write a restored file create-only, checked against its SHA-256 first; never overwrite."""
     try:
-        with publishing(target, expected_sha256=checksum) as out:
-            shutil.copyfileobj(stream, out, HASH_CHUNK)
+        store.put_payload(row.file_path, stream, row.file_size_bytes, row.checksum_sha256)  # type: ignore[arg-type]
     except PublishedBytesDiffer as error:
         raise ArchiveError(f"{error}, the SHA-256 the database holds") from None
     except FileExistsError:
-        raise FileExistsError(f"{target} appeared while restoring; left as it is") from None
+        raise FileExistsError(f"{store.location(row.file_path)} appeared while restoring; left as it is") from None
 
 
 def _registered_row(row: StatusRow) -> ManifestEntry:

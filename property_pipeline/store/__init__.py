@@ -1,9 +1,9 @@
 """Payload files: names, atomic writes, checksums, markers. The only code that writes payload files."""
 
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline.store.layout import (
     PayloadName,
     PayloadPathError,
-    PayloadRoot,
     format_timestamp,
     month_of,
     parse_payload_name,

@@ -1,12 +1,11 @@
-"""Where payload files live and what they are called; every path is checked to stay inside the data root."""
+"""What payload files are called and where in the store they go: `property_payloads/YYYY-MM/<name>.json`
+(the same layout on a folder and on object storage); the checks every name and month passes."""
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from property_pipeline.errors import PayloadError
 
@@ -82,64 +81,3 @@ def parse_payload_name(file_name: str) -> PayloadName:
     except ValueError:
         raise PayloadPathError(f"file name {file_name!r} has an impossible timestamp {raw_ts!r}") from None
     return PayloadName(match["campaign"], int(match["batch"]), captured_at)
-
-
-class PayloadRoot:
-    """The data root (`PROPERTY_PIPELINE_LOGS_DIR`) and its sub-folders; refuses paths that leave it."""
-
-    def __init__(self, logs_dir: Path | str) -> None:
-        self.logs_dir = Path(logs_dir).absolute()
-        self.payloads = self.logs_dir / PAYLOADS_DIR
-        self.pending = self.logs_dir / PENDING_DIR
-        self.processing = self.logs_dir / PROCESSING_DIR
-        self.processed = self.logs_dir / PROCESSED_DIR
-        self.archive = self.logs_dir / ARCHIVE_DIR
-
-    def ensure_folders(self) -> None:
-        """Create the data root's folders (idempotent)."""
-        for folder in (self.payloads, self.pending, self.processing, self.processed, self.archive):
-            folder.mkdir(parents=True, exist_ok=True)
-
-    def month_dir(self, month: str) -> Path:
-        return self.payloads / validate_month(month)
-
-    def relative_path(self, month: str, file_name: str) -> str:
-        """The `file_path` stored in the database: `YYYY-MM/name.json`, relative to the payload folder."""
-        validate_month(month)
-        parse_payload_name(file_name)
-        return f"{month}/{file_name}"
-
-    def resolve(self, relative_path: str) -> Path:
-        """The absolute path of a registered file; refuses anything that is not `YYYY-MM/<payload name>`.
-
-        Symlinks are resolved and must stay inside the payload folder.
-        """
-        parts = relative_path.split("/")
-        if len(parts) != 2:
-            raise PayloadPathError(f"payload path {relative_path!r} is not of the form YYYY-MM/<name>.json")
-        month, name = parts
-        validate_month(month)
-        parse_payload_name(name)
-        path = self.payloads / month / name
-        self.check_inside(path)
-        return path
-
-    def check_not_linked(self, path: Path) -> None:
-        """Raise PayloadPathError when the file or its month folder is a symbolic link.
-
-        A payload is deleted or written back only at its own place: through a link, `2026-08/x.json`
-        could be another month's file.
-        """
-        for part in (path.parent, path):
-            if part.is_symlink():
-                raise PayloadPathError(
-                    f"{part} is a symbolic link (to {os.readlink(part)}); payloads are never "
-                    "deleted or written through a link"
-                )
-
-    def check_inside(self, path: Path) -> None:
-        """Raise PayloadPathError when `path` (after resolving symlinks) lies outside the data root."""
-        real_root = self.logs_dir.resolve()
-        real = path.resolve()
-        if real != real_root and real_root not in real.parents:
-            raise PayloadPathError(f"{path} resolves to {real}, outside the data root {real_root}")

@@ -13,9 +13,13 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from property_pipeline.states import FINISHED, WAITING, FileStatus
-from property_pipeline.store.layout import PayloadPathError, PayloadRoot, parse_payload_name, validate_month
+from property_pipeline.store.layout import PayloadPathError, parse_payload_name, validate_month
+
+if TYPE_CHECKING:
+    from property_pipeline.store.folder import PayloadRoot
 
 log = logging.getLogger(__name__)
 

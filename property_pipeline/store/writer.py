@@ -6,10 +6,14 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from property_pipeline.store.layout import PayloadName, PayloadRoot, month_of, validate_campaign_id
+from property_pipeline.store.layout import PayloadName, month_of, validate_campaign_id
 from property_pipeline.store.publish import publishing
 from property_pipeline.store.publish import remove_stale_temporaries as remove_temporaries_of
+
+if TYPE_CHECKING:
+    from property_pipeline.store.folder import PayloadRoot
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 from property_pipeline.db.engine import create_db_engine
 from property_pipeline.db.schema import properties as properties_table
 from property_pipeline.defs.partitions import current_month
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.conftest import IN_CI
 from property_pipeline_tests.defs.test_e2e_backfill import free_port, process_group, wait_until_serving
 from property_pipeline_tests.factories import make_page, make_record

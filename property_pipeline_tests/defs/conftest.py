@@ -24,7 +24,7 @@ from property_pipeline.defs.resources import (
     RetentionPolicy,
     database_resources,
 )
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline.store.writer import StoredPayload
 from property_pipeline_tests.factories import make_record, write_page
 

@@ -26,7 +26,7 @@ from property_pipeline.defs.raw_payloads import raw_property_payloads
 from property_pipeline.defs.resources import QuarantinePolicy
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.defs.conftest import (
     ALL_ASSETS_AND_CHECKS,
     checks_by_name,

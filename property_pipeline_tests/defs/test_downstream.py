@@ -28,7 +28,7 @@ from property_pipeline.defs.properties import properties
 from property_pipeline.defs.quarantine import quarantined_records
 from property_pipeline.defs.raw_payloads import raw_property_payloads
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.defs.conftest import metadata_values
 from property_pipeline_tests.factories import make_page, make_record, write_page
 

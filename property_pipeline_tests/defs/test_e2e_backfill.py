@@ -32,7 +32,7 @@ from property_pipeline.db.schema import batch_file_status
 from property_pipeline.db.schema import properties as properties_table
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline.store.writer import StoredPayload
 from property_pipeline_tests.conftest import TABLES
 from property_pipeline_tests.defs.conftest import statuses, write_month
@@ -84,11 +84,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def process_group(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def process_group(
+    command: list[str], env: dict[str, str], log: Path, *, cwd: Path = REPO
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start a command in its own process group; stop the whole group (SIGTERM, then SIGKILL) on the way out."""
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             yield process

@@ -20,7 +20,7 @@ from property_pipeline.defs.properties import properties
 from property_pipeline.defs.raw_payloads import raw_property_payloads
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.defs.conftest import ALL_ASSETS_AND_CHECKS, metadata_values, write_month
 from property_pipeline_tests.monitoring.test_alerts import Receiver
 

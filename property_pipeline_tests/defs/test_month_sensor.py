@@ -22,7 +22,7 @@ from property_pipeline.defs.properties import properties
 from property_pipeline.defs.raw_payloads import raw_property_payloads
 from property_pipeline.registration import register_unregistered
 from property_pipeline.retention import apply_retention, plan_retention
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.defs.conftest import materialize_month, metadata_values, statuses, write_month
 
 

@@ -22,7 +22,7 @@ from property_pipeline.defs.properties import PROPERTY_DB_POOL, properties
 from property_pipeline.defs.raw_payloads import raw_property_payloads
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.conftest import TABLES
 from property_pipeline_tests.defs.conftest import (
     checks_by_name,

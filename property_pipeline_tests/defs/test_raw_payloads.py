@@ -16,7 +16,7 @@ from property_pipeline.definitions import defs
 from property_pipeline.defs.partitions import current_month, monthly_partitions
 from property_pipeline.defs.raw_payloads import CAMPAIGN_TAG, raw_property_payloads
 from property_pipeline.defs.resources import PropertyApi
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.defs.conftest import (
     ALL_ASSETS_AND_CHECKS,
     checks_by_name,

@@ -20,7 +20,7 @@ from property_pipeline.digest import compute_digest
 from property_pipeline.processing import replay
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests import replay_rules
 from property_pipeline_tests.defs.conftest import (
     checks_by_name,

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from property_pipeline.defs.retention import retention_job
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.defs.conftest import metadata_values, statuses, write_month
 
 

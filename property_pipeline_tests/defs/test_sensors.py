@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from property_pipeline.definitions import defs
 from property_pipeline.defs.sensors import SENSOR_NAME, build_registration_sensor
 from property_pipeline.registration import register_paths, scan_new_files
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.defs.conftest import statuses, write_month
 from property_pipeline_tests.factories import make_page, make_record
 

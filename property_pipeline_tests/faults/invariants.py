@@ -11,7 +11,7 @@ from sqlalchemy import Engine, func, select
 from property_pipeline.db.schema import batch_file_status as files
 from property_pipeline.db.schema import file_properties, properties, quarantined_records
 from property_pipeline.db.schema import file_status_events as events
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 
 
 def data_violations(engine: Engine) -> list[str]:

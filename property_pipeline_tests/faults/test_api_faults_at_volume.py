@@ -18,7 +18,8 @@ from property_pipeline.capture import Campaign, CaptureError, capture_campaign
 from property_pipeline.db.schema import batch_file_status, capture_runs, properties
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot, parse_payload_name
+from property_pipeline.store.folder import PayloadRoot
+from property_pipeline.store.layout import parse_payload_name
 from property_pipeline.store.publish import sha256_file
 from property_pipeline_tests.faults.exposure import API_SECRET, ExposureScan
 from property_pipeline_tests.faults.figures import report_figure

@@ -20,7 +20,7 @@ from property_pipeline.capture import Campaign, capture_campaign
 from property_pipeline.db.schema import batch_file_status, properties, quarantined_records
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline.store.writer import write_payload
 from property_pipeline_tests.factories import BASE_TIME, make_record
 from property_pipeline_tests.faults.figures import report_figure

@@ -26,7 +26,7 @@ from property_pipeline.db.engine import create_db_engine
 from property_pipeline.db.queries import file_states, row_count_mismatches
 from property_pipeline.db.schema import batch_file_status, file_status_events, properties
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline.store.writer import write_payload
 from property_pipeline_tests.factories import BASE_TIME, make_page, make_record
 from property_pipeline_tests.faults.figures import report_figure
@@ -47,7 +47,7 @@ PROCESSOR = textwrap.dedent(
     import json, os, sys, time
     from property_pipeline.db.engine import create_db_engine
     from property_pipeline.processing.processor import PayloadProcessor
-    from property_pipeline.store.layout import PayloadRoot
+    from property_pipeline.store.folder import PayloadRoot
 
     db_url, logs, registration_done = sys.argv[1:4]
     processor = PayloadProcessor(create_db_engine(db_url), PayloadRoot(logs), lease_seconds=600)
@@ -72,7 +72,7 @@ REGISTRAR = textwrap.dedent(
     from pathlib import Path
     from property_pipeline.db.engine import create_db_engine
     from property_pipeline.registration import register_unregistered
-    from property_pipeline.store.layout import PayloadRoot
+    from property_pipeline.store.folder import PayloadRoot
 
     db_url, logs, writer_done, registration_done = sys.argv[1:5]
     engine, root = create_db_engine(db_url), PayloadRoot(logs)

@@ -21,7 +21,7 @@ from property_pipeline.db.schema import batch_file_status, properties, utcnow
 from property_pipeline.processing import processor as processing_engine
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.factories import write_pages
 from property_pipeline_tests.faults.figures import report_figure
 from property_pipeline_tests.faults.helpers import cli_command, cli_env, poll, run_cli

@@ -24,7 +24,8 @@ from property_pipeline.api.sandbox import SandboxConfig, SandboxServer
 from property_pipeline.capture import Campaign, CaptureError, capture_campaign
 from property_pipeline.db.schema import batch_file_status, capture_runs
 from property_pipeline.store import publish
-from property_pipeline.store.layout import PayloadRoot, parse_payload_name
+from property_pipeline.store.folder import PayloadRoot
+from property_pipeline.store.layout import parse_payload_name
 from property_pipeline.store.publish import sha256_file
 from property_pipeline_tests.faults.exposure import API_SECRET, ExposureScan
 from property_pipeline_tests.faults.figures import report_figure

@@ -31,7 +31,7 @@ from property_pipeline.processing.records import (
     validate_record,
 )
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline.store.writer import write_payload
 from property_pipeline_tests.factories import BASE_TIME, make_page, make_record
 from property_pipeline_tests.faults.figures import report_figure

@@ -25,7 +25,7 @@ from sqlalchemy import Engine, select
 
 from property_pipeline.cli import main
 from property_pipeline.db.schema import batch_file_status
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline.store.writer import write_payload
 from property_pipeline_tests.factories import make_page, make_record
 from property_pipeline_tests.faults.figures import report_figure

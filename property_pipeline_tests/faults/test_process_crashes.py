@@ -34,7 +34,7 @@ from property_pipeline.integrity import verify_files
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store import markers
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline.store.writer import write_payload
 from property_pipeline_tests.factories import BASE_TIME, make_page, make_record
 from property_pipeline_tests.faults.figures import report_figure
@@ -69,7 +69,7 @@ ZYGOTE = textwrap.dedent(
     from property_pipeline.processing import parse
     from property_pipeline.processing.processor import PayloadProcessor
     from property_pipeline.store import markers
-    from property_pipeline.store.layout import PayloadRoot
+    from property_pipeline.store.folder import PayloadRoot
 
     def die(note, point, **detail):
         with open(note, "a") as out:

@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from property_pipeline.db.engine import create_db_engine
 from property_pipeline.db.schema import batch_file_status, properties
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline.store.writer import write_payload
 from property_pipeline_tests.factories import BASE_TIME, make_page, make_record
 from property_pipeline_tests.faults.figures import report_figure

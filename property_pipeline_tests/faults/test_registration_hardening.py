@@ -24,7 +24,8 @@ from sqlalchemy import Engine, func, select
 from property_pipeline.cli import main
 from property_pipeline.db.schema import batch_file_status, file_properties, properties
 from property_pipeline.processing.processor import PayloadProcessor
-from property_pipeline.store.layout import PayloadRoot, format_timestamp, month_of
+from property_pipeline.store.folder import PayloadRoot
+from property_pipeline.store.layout import format_timestamp, month_of
 from property_pipeline.store.publish import sha256_file
 from property_pipeline_tests.factories import make_page, make_record
 from property_pipeline_tests.faults.figures import report_figure

@@ -35,7 +35,7 @@ from property_pipeline.defs.properties import properties
 from property_pipeline.defs.raw_payloads import raw_property_payloads
 from property_pipeline.defs.resources import pipeline_resources
 from property_pipeline.settings import Settings
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.faults.exposure import API_SECRET, ExposureScan
 from property_pipeline_tests.faults.figures import report_figure
 from property_pipeline_tests.faults.helpers import REPO, cli_command, cli_env, run_cli

@@ -15,7 +15,7 @@ from property_pipeline.db import status
 from property_pipeline.db.schema import alerts, batch_file_status, utcnow
 from property_pipeline.monitoring.alerts import WebhookNotifier, current_alerts, raise_alerts
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.factories import write_pages
 
 

@@ -11,7 +11,7 @@ from property_pipeline.db.schema import utcnow
 from property_pipeline.monitoring.report import build_status_report, render_markdown
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.factories import write_pages
 
 

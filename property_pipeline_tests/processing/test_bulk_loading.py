@@ -18,7 +18,7 @@ from property_pipeline.processing import processor as processing_engine
 from property_pipeline.processing.loader import ALL_COLUMNS, PG_COPY_TYPES, _text_array
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.factories import BASE_TIME, make_record, write_page
 
 

@@ -18,7 +18,7 @@ from property_pipeline.db.queries import row_count_mismatches
 from property_pipeline.db.schema import batch_file_status, file_properties, properties, utcnow
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.factories import write_pages
 
 # A processor that stops dead (SIGKILL to itself) inside the data transaction of its second
@@ -28,7 +28,7 @@ KILLED_PROCESSOR = textwrap.dedent(
     import os, signal, sys
     from property_pipeline.db.engine import create_db_engine
     from property_pipeline.processing import processor as processing_engine
-    from property_pipeline.store.layout import PayloadRoot
+    from property_pipeline.store.folder import PayloadRoot
 
     loaded = []
     real_mark_completed = processing_engine.status.mark_completed
@@ -50,7 +50,7 @@ PLAIN_PROCESSOR = textwrap.dedent(
     import json, sys
     from property_pipeline.db.engine import create_db_engine
     from property_pipeline.processing.processor import PayloadProcessor
-    from property_pipeline.store.layout import PayloadRoot
+    from property_pipeline.store.folder import PayloadRoot
 
     report = PayloadProcessor(create_db_engine(sys.argv[1]), PayloadRoot(sys.argv[2])).run()
     print(json.dumps([o.file_id for o in report.outcomes if o.status == "COMPLETED"]))

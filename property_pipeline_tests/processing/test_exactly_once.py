@@ -13,7 +13,7 @@ from property_pipeline.db.queries import row_count_mismatches
 from property_pipeline.db.schema import batch_file_status, file_properties, properties, quarantined_records, utcnow
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.factories import BASE_TIME, make_record, write_page, write_pages
 
 

@@ -14,7 +14,7 @@ from property_pipeline.db.schema import batch_file_status, file_status_events
 from property_pipeline.processing import processor
 from property_pipeline.processing.processor import Outcome, PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.factories import write_pages
 
 LEASE_SECONDS = 2

@@ -20,7 +20,7 @@ from property_pipeline.processing import processor as processing_engine
 from property_pipeline.processing.parallel import WorkerFailed, default_workers, process_backlog
 from property_pipeline.registration import register_unregistered
 from property_pipeline.settings import Settings, SettingsError
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.factories import write_pages
 
 

@@ -16,7 +16,7 @@ from property_pipeline.db.schema import batch_file_status, quarantined_records
 from property_pipeline.processing import processor as processor_module
 from property_pipeline.processing.processor import Outcome, PayloadProcessor
 from property_pipeline.registration import register_unregistered
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests.conftest import TABLES
 from property_pipeline_tests.factories import make_record, write_page, write_pages
 

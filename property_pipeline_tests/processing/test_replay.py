@@ -32,7 +32,7 @@ from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.processing.requeue import retry_failed_files
 from property_pipeline.registration import register_unregistered
 from property_pipeline.retention import apply_retention, plan_retention, restore_month
-from property_pipeline.store.layout import PayloadRoot
+from property_pipeline.store.folder import PayloadRoot
 from property_pipeline_tests import replay_rules
 from property_pipeline_tests.conftest import TABLES
 from property_pipeline_tests.factories import make_record, write_page

@@ -10,12 +10,8 @@ from datetime import UTC, datetime
 import pytest
 
 from property_pipeline.store import markers
-from property_pipeline.store.layout import (
-    PayloadPathError,
-    PayloadRoot,
-    parse_payload_name,
-    validate_campaign_id,
-)
+from property_pipeline.store.folder import PayloadRoot
+from property_pipeline.store.layout import PayloadPathError, parse_payload_name, validate_campaign_id
 from property_pipeline.store.publish import sha256_file
 from property_pipeline.store.writer import write_payload
 
