@@ -1,7 +1,9 @@
 """Target 1: `property-pipeline process` on PostgreSQL against a plain COPY and dlt's merge of the same files.
 
-Goals: processing at least 1.0x a plain COPY of the same records into an identical empty
-table, and at least 6x dlt's merge. Every method gets a new database; their order rotates per repeat.
+Goals: processing at least 1.0x a plain COPY of the same records into an empty table shaped like
+`properties` before migration 0004 (jsonb), at least 1.0x one COPY stream into an empty table exactly like
+`properties` now (json with lz4), and at least 6x dlt's merge. Every method gets a new database; their
+order rotates per repeat.
 """
 
 from __future__ import annotations
@@ -151,11 +153,14 @@ def run(mode: str) -> TargetResult:
             peak_rss_mb=extras["dlt_peak_rss_mb"],
         )
         result.ratio("process / dlt merge", _per_repeat(values[PROCESS], values[DLT]), 6.0)
-    for name, label in ((LZ4_COPY, "jsonb lz4 COPY"), (SAME_TABLE_COPY, "COPY into a table like `properties` now")):
-        result.notes.append(
-            f"process / {label} (reference, no goal): "
-            + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[PROCESS], values[name]))
-        )
+    # The floor of this round: one COPY stream into an empty table exactly like `properties` (json, lz4).
+    result.ratio(
+        "process / COPY into a table like `properties`", _per_repeat(values[PROCESS], values[SAME_TABLE_COPY]), 1.0
+    )
+    result.notes.append(
+        "process / jsonb lz4 COPY (reference, no goal): "
+        + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[PROCESS], values[LZ4_COPY]))
+    )
     return result
 
 

@@ -1,6 +1,7 @@
 """Target 3: `property-pipeline process` on SQLite against a bare single-transaction executemany.
 
-Goal: at least 0.7x the bare insert of the same rows into an identical (freshly migrated) table.
+Goal: at least 0.9x the bare insert of the same rows into an identical (freshly migrated) table (0.7x in the
+first round).
 """
 
 from __future__ import annotations
@@ -62,6 +63,6 @@ def run(mode: str) -> TargetResult:
     result.ratio(
         "SQLite process / bare executemany",
         [a / b for a, b in zip(values["process"], values["executemany"], strict=True)],
-        0.7,
+        0.9,
     )
     return result
