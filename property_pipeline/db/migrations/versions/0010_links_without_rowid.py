@@ -18,17 +18,24 @@ branch_labels = None
 depends_on = None
 
 
+COLUMNS = "file_id INTEGER NOT NULL, property_id TEXT NOT NULL"
+KEY = "CONSTRAINT pk_file_properties PRIMARY KEY (file_id, property_id)"
+CREATE = {
+    False: f"CREATE TABLE file_properties_new ({COLUMNS}, {KEY}) WITHOUT ROWID",
+    True: f"CREATE TABLE file_properties_new ({COLUMNS}, {KEY})",
+}
+COPY_ROWS = "INSERT INTO file_properties_new SELECT file_id, property_id FROM file_properties"
+DROP_OLD = "DROP TABLE file_properties"
+RENAME_NEW = "ALTER TABLE file_properties_new RENAME TO file_properties"
+
+
 def _rebuild(with_rowid: bool) -> None:
     if op.get_bind().dialect.name != "sqlite":
         return
-    suffix = "" if with_rowid else " WITHOUT ROWID"
-    op.execute(
-        "CREATE TABLE file_properties_new (file_id INTEGER NOT NULL, property_id TEXT NOT NULL, "
-        f"CONSTRAINT pk_file_properties PRIMARY KEY (file_id, property_id)){suffix}"
-    )
-    op.execute("INSERT INTO file_properties_new SELECT file_id, property_id FROM file_properties")
-    op.execute("DROP TABLE file_properties")
-    op.execute("ALTER TABLE file_properties_new RENAME TO file_properties")
+    op.execute(CREATE[with_rowid])
+    op.execute(COPY_ROWS)
+    op.execute(DROP_OLD)
+    op.execute(RENAME_NEW)
 
 
 def upgrade() -> None:
