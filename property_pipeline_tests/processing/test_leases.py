@@ -41,6 +41,14 @@ def test_a_file_slower_than_its_lease_keeps_its_claim_while_another_processor_ke
         """Another processor that runs again and again: it requeues expired claims and claims what is PENDING."""
         rival_engine = create_db_engine(db_url)
         try:
+            # It starts looking once the file is claimed: which of two processors claims a file first is a race.
+            claimed = select(batch_file_status.c.status).where(batch_file_status.c.status == "PROCESSING")
+            deadline = time.monotonic() + 30
+            while not done.is_set() and time.monotonic() < deadline:
+                with rival_engine.connect() as conn:
+                    if conn.execute(claimed).first() is not None:
+                        break
+                time.sleep(0.02)
             while not done.is_set():
                 taken_over.extend(PayloadProcessor(rival_engine, root, lease_seconds=LEASE_SECONDS).run().outcomes)
                 time.sleep(0.1)
