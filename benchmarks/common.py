@@ -161,6 +161,39 @@ def throwaway_database(label: str, *, migrate: bool = True) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# The floors load into one table shaped as `properties` reads: the content columns of `property_records` (same types,
+# compression, primary key) and the lineage columns of the view, in one row. That is the table a plain loader
+# would have, and what the issue's floors name ("a table identical to `properties`"). Kept in the same database
+# as the pipeline's tables, so both pay the same server.
+WIDE_TABLE_PG = (
+    "CREATE TABLE {table} (LIKE property_records INCLUDING ALL, source_file_id bigint NOT NULL, "
+    "campaign_id varchar(64) NOT NULL, captured_at timestamptz NOT NULL, first_seen_at timestamptz NOT NULL, "
+    "last_seen_at timestamptz NOT NULL)"
+)
+WIDE_TABLE = "bench_properties"
+
+
+def create_wide_table(url: str, table: str = WIDE_TABLE) -> None:
+    """Create the floors' one-table `properties` (see WIDE_TABLE_PG) in a migrated database, empty."""
+    engine = create_db_engine(url)
+    try:
+        if engine.dialect.name == "postgresql":
+            with engine.begin() as conn:
+                conn.execute(text(WIDE_TABLE_PG.format(table=table)))
+            return
+        from sqlalchemy import Column, MetaData, Table
+
+        from property_pipeline.db.schema import properties, property_records
+
+        def copied(column: Column[Any]) -> Column[Any]:
+            return Column(column.name, column.type, primary_key=column.primary_key, nullable=column.nullable)
+
+        lineage = [copied(column) for column in properties.c if column.name not in property_records.c]
+        Table(table, MetaData(), *(copied(column) for column in property_records.c), *lineage).create(engine)
+    finally:
+        engine.dispose()
+
+
 def server_facts() -> dict[str, Any]:
     with _admin() as admin:
         version = admin.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.common import (
+    WIDE_TABLE,
     TargetResult,
     checkpoint,
+    create_wide_table,
     log,
     python_child,
     require_ok,
@@ -31,6 +33,7 @@ PROCESS = "process"
 PLAIN_COPY = "plain_copy"
 LZ4_COPY = "lz4_copy"
 SAME_TABLE_COPY = "same_table_copy"
+CUT_COPY = "cut_copy"
 DLT = "dlt_merge"
 
 
@@ -67,15 +70,17 @@ def run(mode: str) -> TargetResult:
             extras["raw_compression"].append(raw_compression(url))
             return data.records / measured.seconds
 
-    def copy(raw_type: str, compression: str) -> Callable[[], float]:
+    def copy(raw_type: str, compression: str, client: str = "orjson") -> Callable[[], float]:
         def measure() -> float:
             with throwaway_database("copy") as url:
+                create_wide_table(url)
                 arguments = {
                     "db_url": url,
                     "data": files,
-                    "table": "bench_copy",
+                    "table": WIDE_TABLE,
                     "raw_type": raw_type,
                     "compression": compression,
+                    "client": client,
                 }
                 child = python_child("benchmarks.baselines", "copy", json.dumps(arguments))
                 require_ok(child, f"COPY baseline ({raw_type}, {compression})")
@@ -105,6 +110,7 @@ def run(mode: str) -> TargetResult:
         PLAIN_COPY: copy("jsonb", "default"),
         LZ4_COPY: copy("jsonb", "lz4"),
         SAME_TABLE_COPY: copy("json", "lz4"),
+        CUT_COPY: copy("json", "lz4", client="msgspec"),
     }
     if dlt_installed:
         methods[DLT] = dlt_merge
@@ -139,9 +145,16 @@ def run(mode: str) -> TargetResult:
     )
     result.method(
         SAME_TABLE_COPY,
-        "reference: COPY into a table like `properties` now (raw json, lz4)",
+        "one COPY stream into an empty table like `properties` (one table: content and lineage columns, "
+        "raw json with lz4, its primary key), the client parsing with orjson",
         "rows/s",
         values[SAME_TABLE_COPY],
+    )
+    result.method(
+        CUT_COPY,
+        "reference: the same COPY from a client that cuts each page with msgspec and sends the records' bytes",
+        "rows/s",
+        values[CUT_COPY],
     )
     result.ratio("process / plain COPY", _per_repeat(values[PROCESS], values[PLAIN_COPY]), 1.0)
     if dlt_installed:
@@ -160,6 +173,10 @@ def run(mode: str) -> TargetResult:
     result.notes.append(
         "process / jsonb lz4 COPY (reference, no goal): "
         + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[PROCESS], values[LZ4_COPY]))
+    )
+    result.notes.append(
+        "process / COPY from a msgspec-cut client (reference, no goal): "
+        + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[PROCESS], values[CUT_COPY]))
     )
     return result
 

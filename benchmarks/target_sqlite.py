@@ -1,7 +1,7 @@
 """Target 3: `property-pipeline process` on SQLite against a bare single-transaction executemany.
 
-Goal: at least 0.9x the bare insert of the same rows into an identical (freshly migrated) table (0.7x in the
-first round).
+Goal: at least 0.9x the bare insert of the same rows into an empty table like `properties` (one table holding the
+content and lineage columns, with its primary key, in the freshly migrated database; 0.7x in the first round).
 """
 
 from __future__ import annotations
@@ -10,7 +10,16 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks.common import TargetResult, log, python_child, require_ok, scratch_folder, sizes_for
+from benchmarks.common import (
+    WIDE_TABLE,
+    TargetResult,
+    create_wide_table,
+    log,
+    python_child,
+    require_ok,
+    scratch_folder,
+    sizes_for,
+)
 from benchmarks.data import dataset
 from benchmarks.pipeline import exactly_once_problems, process_command, registered_backlog
 from property_pipeline.db.engine import create_db_engine, upgrade
@@ -49,16 +58,19 @@ def run(mode: str) -> TargetResult:
                     result.check(f"exactly once on SQLite (repeat {repeat + 1})", not problems, "; ".join(problems))
                     values[name].append(data.records / measured.seconds)
                 else:
-                    child = python_child(
-                        "benchmarks.baselines", "sqlite_executemany", json.dumps({"db_path": str(path), "data": files})
-                    )
+                    create_wide_table(url)
+                    arguments = {"db_path": str(path), "data": files, "table": WIDE_TABLE}
+                    child = python_child("benchmarks.baselines", "sqlite_executemany", json.dumps(arguments))
                     require_ok(child, "SQLite executemany baseline")
                     measured_bare = child.json()
                     result.check("executemany stored every record", measured_bare["stored"] == data.records)
                     values[name].append(data.records / measured_bare["seconds"])
     result.method("process", "property-pipeline process on SQLite", "rows/s", values["process"])
     result.method(
-        "executemany", "bare executemany INSERT, one transaction, identical table", "rows/s", values["executemany"]
+        "executemany",
+        "bare executemany INSERT, one transaction, into an empty table like `properties` (one table, its key)",
+        "rows/s",
+        values["executemany"],
     )
     result.ratio(
         "SQLite process / bare executemany",

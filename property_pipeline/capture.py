@@ -296,6 +296,7 @@ def capture_campaign(
                     page.result_count,
                     page.result_index + page.record_count,
                     page.attempts - 1,
+                    page.plain_json,
                 )
                 if registration.duplicate_of is not None:
                     report.duplicates += 1
@@ -387,6 +388,7 @@ def _register_page(
     result_count: int,
     next_index: int,
     retries: int,
+    plain_json: bool,
 ) -> Registration:
     """Register the page and advance the run in one transaction."""
     with engine.begin() as conn:
@@ -402,6 +404,7 @@ def _register_page(
                     file_size_bytes=stored.size_bytes,
                     captured_at=stored.name.captured_at,
                     properties_count=record_count,
+                    plain_json=plain_json,
                 )
             ],
             actor=f"capture-run:{run_id}",

@@ -5,6 +5,10 @@ and a string holding a lone UTF-16 surrogate escape (`"\\ud835"`). Both are one 
 not the page's: the fallback decodes such a page so that the validator can quarantine the record
 that holds the value and the rest of the page loads. The fallback is as strict as orjson otherwise
 (no `NaN`/`Infinity` literals, valid UTF-8 only), and costs nothing on pages orjson reads.
+
+A page orjson reads is *plain*: valid UTF-8, every number a double, no lone surrogate. Whoever
+decodes a page whole (registration, capture) records that, so that processing can trust it for the
+same bytes (same SHA-256) and decode only the fields it needs (processing/parse.py).
 """
 
 from __future__ import annotations
@@ -43,35 +47,53 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-def decode_payload_json(body: bytes) -> Any:
-    """The decoded document; PayloadJsonError (with orjson's message) when the bytes are not JSON."""
+def decode_payload(body: bytes) -> tuple[Any, bool]:
+    """The decoded document and whether it is plain (orjson read it); PayloadJsonError (with orjson's message)
+    when the bytes are not JSON."""
     try:
-        return orjson.loads(body)
+        return orjson.loads(body), True
     except orjson.JSONDecodeError as error:
         first_error = error
     try:
-        return json.loads(body, parse_float=_float_or_marker, parse_constant=_refuse_constant)
+        return json.loads(body, parse_float=_float_or_marker, parse_constant=_refuse_constant), False
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise PayloadJsonError(str(first_error)) from None
 
 
+def decode_payload_json(body: bytes) -> Any:
+    """The decoded document; PayloadJsonError (with orjson's message) when the bytes are not JSON."""
+    return decode_payload(body)[0]
+
+
 def encode_for_storage(value: Any) -> str | None:
     """The value as JSON text a database can store, or None when it holds a lone surrogate or an unrepresentable
-    number (orjson refuses both); callers treat None as "this record cannot be stored"."""
+    number; callers treat None as "this record cannot be stored". What orjson cannot write but is plain JSON
+    (nesting beyond its 254 levels, integers beyond 64 bits) is written by the standard library's encoder."""
     try:
         return orjson.dumps(value).decode()
-    except TypeError:  # orjson.JSONEncodeError: surrogates, markers, nesting beyond 254 levels
+    except TypeError:  # orjson.JSONEncodeError: surrogates, markers, deep nesting, big integers
+        pass
+    if find_unstorable(value) is not None:
+        return None
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except (ValueError, RecursionError):
         return None
 
 
 def describe_unstorable(value: Any) -> str:
     """Why `encode_for_storage` refused a value, in words a user can act on."""
-    problem = _find_unstorable(value, 0)
-    return problem or "it is nested deeper than the 254 levels the JSON encoder writes"
+    return find_unstorable(value) or "it is nested deeper than the JSON encoder can write"
+
+
+def find_unstorable(value: Any) -> str | None:
+    """What in a decoded value no JSON reader can take back (a number beyond the double range, a lone surrogate),
+    or None. Only the tolerant decoder produces such values."""
+    return _find_unstorable(value, 0)
 
 
 def _find_unstorable(value: Any, depth: int) -> str | None:
-    if depth > 254:
+    if depth > 900:  # below Python's recursion limit; what lies deeper is left to the encoder
         return None
     if isinstance(value, UnrepresentableNumber):
         return f"the number {value.text} is outside the range of a double"

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select
 from property_pipeline.db.schema import batch_file_status, utcnow
 from property_pipeline.db.status import NewPayloadFile, Registration, register_files
 from property_pipeline.errors import PipelineError
-from property_pipeline.payload_json import PayloadJsonError, decode_payload_json
+from property_pipeline.payload_json import PayloadJsonError, decode_payload
 from property_pipeline.processing.memory import fewer_garbage_collections
 from property_pipeline.settings import DEFAULT_CLOCK_SKEW_SECONDS, DEFAULT_MAX_PAYLOAD_BYTES, Settings
 from property_pipeline.store.backend import PayloadMissing, PayloadStore, StoredObject
@@ -170,7 +170,7 @@ def describe_file(root: PayloadRoot, path: Path, rules: DropInRules | None = Non
     if path.is_symlink() or path.parent.is_symlink() or not path.is_file():
         raise PayloadPathError(f"{path} is a symlink or not a regular file; payloads must be plain files")
     root.check_inside(path)
-    count = None  # unknown when the file is too big to read whole
+    count = plain = None  # unknown when the file is too big to read whole
     unreadable = False
     if path.stat().st_size > rules.max_payload_bytes:
         checksum, size = sha256_file(path)
@@ -182,7 +182,7 @@ def describe_file(root: PayloadRoot, path: Path, rules: DropInRules | None = Non
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(body) != after.st_size:
             raise HeldBack("it changed while it was read: still being written; registered once it is complete")
         checksum, size = hashlib.sha256(body).hexdigest(), len(body)
-        count = page_record_count(body)
+        count, plain = page_facts(body)
         if count is None:
             age = time.time() - max(after.st_mtime_ns, after.st_ctime_ns) / 1e9
             if age < rules.settle_seconds:
@@ -202,17 +202,19 @@ def describe_file(root: PayloadRoot, path: Path, rules: DropInRules | None = Non
         captured_at=name.captured_at,
         properties_count=count,
         content_unreadable=unreadable,
+        plain_json=plain,
     )
 
 
-def page_record_count(body: bytes) -> int | None:
-    """The number of records when the bytes are a payload page (a JSON object with a `data` list), else None."""
+def page_facts(body: bytes) -> tuple[int | None, bool | None]:
+    """(records, plain) when the bytes are a payload page (a JSON object with a `data` list), else (None, None).
+    `plain`: the page decodes as plain JSON, which processing then trusts for these bytes (payload_json.py)."""
     try:
-        document = decode_payload_json(body)
+        document, plain = decode_payload(body)
     except PayloadJsonError:
-        return None
+        return None, None
     data = document.get("data") if isinstance(document, dict) else None
-    return len(data) if isinstance(data, list) else None
+    return (len(data), plain) if isinstance(data, list) else (None, None)
 
 
 def register_paths(
@@ -393,7 +395,7 @@ def describe_object(store: PayloadStore, found: StoredObject, rules: DropInRules
     validate_month(month)
     name = parse_payload_name(found.name)
     check_capture_time(name, month, rules)
-    count = None
+    count = plain = None
     unreadable = False
     if found.size_bytes > rules.max_payload_bytes:
         hashed = store.hash_payload(found.relative_path)
@@ -404,7 +406,7 @@ def describe_object(store: PayloadStore, found: StoredObject, rules: DropInRules
         with store.open_payload(found.relative_path, rules.max_payload_bytes) as handle:
             body = handle.read()
         checksum, size = hashlib.sha256(body).hexdigest(), len(body)
-        count = page_record_count(body)
+        count, plain = page_facts(body)
         unreadable = count is None
     return NewPayloadFile(
         file_path=found.relative_path,
@@ -416,6 +418,7 @@ def describe_object(store: PayloadStore, found: StoredObject, rules: DropInRules
         captured_at=name.captured_at,
         properties_count=count,
         content_unreadable=unreadable,
+        plain_json=plain,
     )
 
 

@@ -25,7 +25,8 @@ TABLES = (
     "file_status_events",
     "file_properties",
     "quarantined_records",
-    "properties",
+    "property_sightings",
+    "property_records",
     "batch_file_status",
 )
 

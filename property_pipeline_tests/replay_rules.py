@@ -2,39 +2,60 @@
 
 Records that carry `extras.replayRule` are affected, the others not, so a test decides which records
 (and so which months) a rule change touches: "reject" sends the record to quarantine, "upper" maps
-`address.city` to upper case. `install` puts the rule into the parser of this process; a subprocess
+`address.city` to upper case. `install` puts the rule into the parser of this process, on both of
+its validation paths (a record read from its bytes, a record decoded with its page); a subprocess
 calls it first thing (see `RULE_PRELUDE`).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+import orjson
+
 from property_pipeline.processing import parse
-from property_pipeline.processing.records import COLUMNS, PropertyRecord, RecordRejected, validate_record
+from property_pipeline.processing.records import (
+    COLUMNS,
+    PropertyRecord,
+    RecordRejected,
+    content_hash,
+    read_record,
+    validate_record,
+)
 
 REJECTED_REASON = "test rule: a record the new rule refuses"
 CITY = COLUMNS.index("city")
 
 
-def validate_with_new_rule(record: Any) -> PropertyRecord:
-    typed = validate_record(record)
+def _with_new_rule(record: Any, typed: PropertyRecord) -> PropertyRecord:
     flag = (record.get("extras") or {}).get("replayRule")
     if flag == "reject":
         raise RecordRejected(REJECTED_REASON)
     if flag == "upper":
         values = list(typed.values)
         values[CITY] = str(values[CITY]).upper()
-        return PropertyRecord(typed.property_id, tuple(values), typed.raw_json)
+        return replace(typed, values=tuple(values), content_hash=content_hash(typed.raw, tuple(values)))
     return typed
+
+
+def validate_with_new_rule(record: Any, raw: bytes | memoryview | None = None) -> PropertyRecord:
+    return _with_new_rule(record, validate_record(record, raw))
+
+
+def read_with_new_rule(raw: bytes | memoryview, *, may_hold_nul: bool = True) -> PropertyRecord:
+    typed = read_record(raw, may_hold_nul=may_hold_nul)
+    return _with_new_rule(orjson.loads(bytes(raw)), typed)
 
 
 def install() -> None:
     parse.validate_record = validate_with_new_rule  # type: ignore[assignment]
+    parse.read_record = read_with_new_rule  # type: ignore[assignment]
 
 
 def uninstall() -> None:
     parse.validate_record = validate_record  # type: ignore[assignment]
+    parse.read_record = read_record  # type: ignore[assignment]
 
 
 RULE_PRELUDE = "from property_pipeline_tests import replay_rules; replay_rules.install()\n"

@@ -48,11 +48,14 @@ def pg_engine(postgres_url: str) -> Iterator[Engine]:
 
 
 def _raw_column(engine: Engine) -> tuple[str, str]:
+    """Type and compression of `raw` in the table that holds it: `properties` until migration 0011, then
+    `property_records` (`properties` is a view over it)."""
     with engine.connect() as conn:
         row = conn.execute(
             text(
                 "SELECT format_type(atttypid, atttypmod), attcompression FROM pg_attribute "
-                "WHERE attrelid = 'properties'::regclass AND attname = 'raw'"
+                "WHERE attrelid = COALESCE(to_regclass('property_records'), 'properties'::regclass) "
+                "AND attname = 'raw'"
             )
         ).one()
     return row[0], row[1]

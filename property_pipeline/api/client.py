@@ -17,7 +17,7 @@ import requests
 import urllib3
 
 from property_pipeline.errors import PipelineError
-from property_pipeline.payload_json import PayloadJsonError, decode_payload_json
+from property_pipeline.payload_json import PayloadJsonError, decode_payload
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class ApiPage:
     record_count: int
     result_count: int
     attempts: int
+    plain_json: bool = True  # the body decodes as plain JSON (orjson reads it): see payload_json.py
 
 
 class PropertyApiError(PipelineError):
@@ -181,7 +182,7 @@ class PropertySearchClient:
         failure: _TransientFailure | None = None
         for attempt in range(1, self._max_attempts + 1):
             try:
-                body, doc = self._post_once(payload, result_index)
+                body, doc, plain = self._post_once(payload, result_index)
             except _TransientFailure as exc:
                 failure = exc
                 if attempt == self._max_attempts:
@@ -211,6 +212,7 @@ class PropertySearchClient:
                 record_count=doc["recordCount"],
                 result_count=doc["resultCount"],
                 attempts=attempt,
+                plain_json=plain,
             )
 
         assert failure is not None
@@ -257,8 +259,9 @@ class PropertySearchClient:
                 return
             index = page.result_index + page.record_count
 
-    def _post_once(self, payload: bytes, result_index: int) -> tuple[bytes, dict[str, Any]]:
-        """One HTTP attempt: the body and its parsed document, or _TransientFailure / ApiRequestRejected."""
+    def _post_once(self, payload: bytes, result_index: int) -> tuple[bytes, dict[str, Any], bool]:
+        """One HTTP attempt: the body, its parsed document and whether it is plain JSON, or _TransientFailure /
+        ApiRequestRejected."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
             headers["x-api-key"] = self._api_key
@@ -290,7 +293,7 @@ class PropertySearchClient:
 
         status = response.status_code
         if 200 <= status < 300:
-            return body, self._checked_page(body, status, result_index)
+            return body, *self._checked_page(body, status, result_index)
         message = self._server_message(body)
         if status in RETRYABLE_STATUSES:
             raise _TransientFailure(
@@ -337,11 +340,12 @@ class PropertySearchClient:
             limit=self._max_page_bytes,
         )
 
-    def _checked_page(self, body: bytes, status: int, result_index: int) -> dict[str, Any]:
-        """Parse a 2xx body and check it has the contract's shape; anything else is a transient failure."""
+    def _checked_page(self, body: bytes, status: int, result_index: int) -> tuple[dict[str, Any], bool]:
+        """Parse a 2xx body and check it has the contract's shape (and whether it is plain JSON); anything else is a
+        transient failure."""
         prefix = f"HTTP {status} with a bad body ({len(body)} bytes)"
         try:
-            doc = decode_payload_json(body)
+            doc, plain = decode_payload(body)
         except PayloadJsonError as exc:
             raise _TransientFailure(f"{prefix}: not valid JSON ({exc})", status=status) from None
         if not isinstance(doc, dict):
@@ -364,7 +368,7 @@ class PropertySearchClient:
             raise _TransientFailure(
                 f"{prefix}: resultIndex is {doc['resultIndex']} but {result_index} was asked for", status=status
             )
-        return doc
+        return doc, plain
 
     def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest migration in MIGRATIONS_DIR/versions. A database stamped with it is current: no Alembic needed.
-HEAD_REVISION = "0010_links_without_rowid"
+HEAD_REVISION = "0011_content_and_sightings"
 VERSION_TABLE = "alembic_version"
 PG_MIGRATION_LOCK = 7_220_001  # advisory lock key: one migrator at a time
 # Execution option for long reads on SQLite (exports, DataFrames): begin DEFERRED instead of IMMEDIATE.

@@ -496,6 +496,9 @@ def last_file_event_id(engine: Engine) -> int:
 EXACT_COUNT_MAX_ROWS = 5_000_000
 
 
+ROWS_OF_VIEW = {"properties": "property_records"}
+
+
 @dataclass(frozen=True)
 class TableRowCount:
     rows: int
@@ -511,8 +514,10 @@ def table_row_count(engine: Engine, table_name: str = "properties") -> TableRowC
     table = metadata.tables[table_name]
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
+            # A view has no statistics of its own: `properties` has one row per row of property_records.
+            counted = ROWS_OF_VIEW.get(table_name, table_name)
             estimate = conn.execute(
-                text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(:name)"), {"name": table_name}
+                text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(:name)"), {"name": counted}
             ).scalar()
             if estimate is not None and estimate > EXACT_COUNT_MAX_ROWS:
                 return TableRowCount(int(estimate), "estimate (pg_class.reltuples)")

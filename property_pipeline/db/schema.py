@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -102,6 +103,11 @@ batch_file_status = Table(
     Column("deleted_at", UTCDateTime),
     Column("archive_name", String(255)),
     Column(
+        "plain_json",
+        Boolean,
+        comment="the page decodes as plain JSON (orjson reads it), found when registered; empty: not known",
+    ),
+    Column(
         "content_unreadable",
         Boolean,
         nullable=False,
@@ -158,8 +164,10 @@ file_status_events = Table(
     Column("detail", Text),
 )
 
-properties = Table(
-    "properties",
+# A property is two rows (migration 0011): its content, and its last sighting. A record seen again with the same
+# content moves only its narrow sighting row; the wide content row is rewritten only when the content changes.
+property_records = Table(
+    "property_records",
     metadata,
     Column("property_id", Text, primary_key=True, comment="the API's id; integer ids as decimal text"),
     Column("apn", Text),
@@ -191,12 +199,40 @@ properties = Table(
     Column("mail_state", String(2)),
     Column("mail_zip", String(5)),
     Column("mail_county", Text),
-    Column("raw", RawJson, nullable=False, comment="the whole record as received"),
+    Column("raw", RawJson, nullable=False, comment="the whole record, as received"),
+)
+
+property_sightings = Table(
+    "property_sightings",
+    metadata,
+    Column("property_id", Text, primary_key=True),
+    Column(
+        "content_hash",
+        LargeBinary(16),
+        comment="XXH3-128 of the content row (record bytes and typed values); empty: loaded before migration 0011",
+    ),
+    Column("source_file_id", Id, nullable=False, comment="newest file that delivered the property: its values"),
+    Column("campaign_id", String(64), nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False, comment="capture time of that file: newest wins"),
+    Column("first_seen_at", UTCDateTime, nullable=False, comment="capture time of the first file that delivered it"),
+)
+
+# The view over the two (migration 0011), with the columns the table had before: read it, write the two tables.
+properties = Table(
+    "properties",
+    metadata,
+    *(
+        Column(
+            column.name, column.type, primary_key=column.primary_key, nullable=column.nullable, comment=column.comment
+        )
+        for column in property_records.c
+    ),
     Column("source_file_id", Id, nullable=False, comment="file the current values came from"),
     Column("campaign_id", String(64), nullable=False),
     Column("captured_at", UTCDateTime, nullable=False, comment="capture time of that file: newest wins"),
     Column("first_seen_at", UTCDateTime, nullable=False, comment="capture time of the first file that loaded it"),
     Column("last_seen_at", UTCDateTime, nullable=False, comment="capture time of the newest file that loaded it"),
+    info={"is_view": True},
 )
 
 # No foreign key on file_id (migration 0005): only the loader writes link rows, in the file's transaction.

@@ -52,6 +52,7 @@ class PayloadFile:
     captured_at: datetime
     properties_count: int | None
     attempts: int
+    plain_json: bool | None = None  # the page decodes as plain JSON, as registration found (None: not known)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class NewPayloadFile:
     captured_at: datetime
     properties_count: int | None
     content_unreadable: bool = False  # empty or not a page: never recorded as a duplicate
+    plain_json: bool | None = None  # the page decodes as plain JSON (orjson reads it); None: not known
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ _FILE_COLUMNS = (
     files.c.captured_at,
     files.c.properties_count,
     files.c.attempts,
+    files.c.plain_json,
 )
 
 
@@ -189,6 +192,7 @@ def _row(candidate: NewPayloadFile, now: datetime, *, duplicate_of: int | None =
         "captured_at": candidate.captured_at,
         "properties_count": candidate.properties_count,
         "content_unreadable": candidate.content_unreadable,
+        "plain_json": candidate.plain_json,
         "created_at": now,
         "status": FileStatus.PENDING,
     }

@@ -1,64 +1,68 @@
-"""Bulk upsert of one file's records, its link rows and its quarantine, inside the caller's transaction.
+"""Bulk load of one file's records, its link rows and its quarantine, inside the caller's transaction.
 
-Newest wins: a row is only overwritten by a record of the file its values came from or of a file
-captured later (ties broken by file id), so reprocessing an older file never replaces newer data,
-and reprocessing the file a row came from rewrites it with the new parse. A file loaded before
-(a reprocess, or a retry after a failed reload) has its link and quarantine rows replaced.
+A property is two rows: its content (`property_records`: the typed columns and the record as
+received) and its sighting (`property_sightings`: the newest file that delivered it, that file's
+campaign and capture time, the first-seen time, and the hash of the content). The view
+`properties` joins them.
+
+Newest wins. For each valid record of the file, against the property's sighting:
+
+- a property the database does not hold: both rows are inserted (binary COPY on PostgreSQL);
+- the file is newer than the last sighting (capture time, then file id), or is that very file
+  loaded again: the sighting moves to this file, and the content is rewritten only when the
+  record's content hash differs from the stored one. A record seen again unchanged costs its
+  narrow sighting row and its link row, never a new version of the wide content row; a reload
+  that changes nothing writes nothing;
+- the file is older: the rows keep the newer data; only an earlier first-seen time is recorded.
+
+The decisions are made on the sightings as read at the start of the load. Every write of a sighting
+also checks that the row is still as it was read (its hash, last sighting and file), so a concurrent
+processor's change can never be overwritten unseen: when one is found, everything since the
+savepoint is undone and the load starts again from a fresh read. Content rows are written only by
+the holder of their sighting's row lock. Locks are taken new ids first (ascending), then known ids
+(ascending): an id known to one transaction is committed, so no other one can hold it as a new
+insert; a "new" id another processor committed meanwhile fails the COPY, and the load starts again.
+A file loaded before (a reprocess, or a retry after a failed reload) has its link and quarantine
+rows replaced.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psycopg
-from sqlalchemy import JSON, Connection, Text, cast, delete, insert, literal, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import JSON, Connection, Text, cast, delete, insert, literal, select, update
 from sqlalchemy.exc import DBAPIError
 
-from property_pipeline.db.schema import file_properties, properties, quarantined_records, utcnow
+from property_pipeline.db.schema import (
+    as_utc,
+    file_properties,
+    property_records,
+    property_sightings,
+    quarantined_records,
+    utcnow,
+)
 from property_pipeline.db.status import PayloadFile
 from property_pipeline.processing.parse import PayloadPage, RejectedRecord
 from property_pipeline.processing.records import COLUMNS, FIELDS, PropertyRecord
 
-LINEAGE = ("raw", "source_file_id", "campaign_id", "captured_at", "first_seen_at", "last_seen_at")
-ALL_COLUMNS = ("property_id", *COLUMNS, *LINEAGE)
-UPDATED = (*COLUMNS, "raw", "source_file_id", "campaign_id", "captured_at", "last_seen_at")
+CONTENT_COLUMNS = ("property_id", *COLUMNS, "raw")
+SIGHTING_COLUMNS = ("property_id", "content_hash", "source_file_id", "campaign_id", "last_seen_at", "first_seen_at")
 
+# --- PostgreSQL ---------------------------------------------------------------------------------------------
 
-def _upsert_tail(least: str, distinct: str, raw_text: str) -> str:
-    """Newest wins for the values; the first-seen time is the earliest of all loads, in whatever order they come
-    (an older file loaded after a newer one keeps the newer values but lowers first_seen_at). A record that
-    would write exactly what the row holds (the file it came from, reloaded with nothing changed) writes
-    nothing: no new row version, no index or WAL work."""
-    newer = "(properties.captured_at, properties.source_file_id) <= (excluded.captured_at, excluded.source_file_id)"
-    assignments = ", ".join(
-        f"{column} = CASE WHEN {newer} THEN excluded.{column} ELSE properties.{column} END" for column in UPDATED
-    )
-    held = ", ".join(
-        raw_text.format(f"properties.{column}") if column == "raw" else f"properties.{column}" for column in UPDATED
-    )
-    incoming = ", ".join(
-        raw_text.format(f"excluded.{column}") if column == "raw" else f"excluded.{column}" for column in UPDATED
-    )
-    return (
-        f"ON CONFLICT (property_id) DO UPDATE SET {assignments}, "
-        f"first_seen_at = {least}(properties.first_seen_at, excluded.first_seen_at) "
-        f"WHERE ({newer} AND ({held}) {distinct} ({incoming})) OR excluded.first_seen_at < properties.first_seen_at"
-    )
-
-
-SQLITE_UPSERT = (
-    f"INSERT INTO properties ({', '.join(ALL_COLUMNS)}) VALUES ({', '.join('?' for _ in ALL_COLUMNS)}) "
-    + _upsert_tail("min", "IS NOT", "{}")
+PG_SIGHTINGS_OF = (
+    "SELECT property_id, content_hash, last_seen_at, source_file_id, campaign_id, first_seen_at "
+    "FROM property_sightings WHERE property_id = ANY(%s::text[])"
 )
-# PostgreSQL. Properties the database does not hold yet are copied straight into `properties`: the
-# cost of a plain COPY. Known ones go through a staging table and an upsert that keeps the newest.
-PG_KNOWN = "SELECT property_id FROM properties WHERE property_id = ANY(%s::text[])"
-# Binary COPY: the client sends values as they are in memory instead of formatting each as text,
-# which is most of the client's COPY work. The types must be the columns' types exactly.
+# Binary COPY: the client sends values as they are in memory instead of formatting each as text, which is most
+# of the client's COPY work. The types must be the columns' types exactly; `raw` is sent as its bytes as
+# received (json's binary form is its text; the server checks it is UTF-8 and JSON).
 _PG_TYPE_OF_KIND = {
     "text": "text",
     "state": "text",
@@ -71,86 +75,166 @@ _PG_TYPE_OF_KIND = {
     "bool": "bool",
     "date": "date",
 }
-PG_COPY_TYPES = (
-    "text",
-    *(_PG_TYPE_OF_KIND[kind] for _column, _path, kind in FIELDS),
-    "text",  # raw: json's binary form is its text, so the JSON goes as it is
-    "int8",
-    "text",
-    "timestamptz",
-    "timestamptz",
-    "timestamptz",
+PG_CONTENT_TYPES = ("text", *(_PG_TYPE_OF_KIND[kind] for _column, _path, kind in FIELDS), "bytea")
+PG_COPY_CONTENT = f"COPY property_records ({', '.join(CONTENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+# New sightings from two arrays (ids as one text[] literal, hashes as bytea[]) and the file's lineage: one statement
+# instead of a row-by-row COPY.
+PG_INSERT_SIGHTINGS = (
+    f"INSERT INTO property_sightings ({', '.join(SIGHTING_COLUMNS)}) "
+    "SELECT id, hash, %(file)s, %(campaign)s, %(at)s, %(at)s "
+    "FROM unnest(%(ids)s::text[], %(hashes)s::bytea[]) AS n(id, hash)"
 )
-PG_COPY_NEW = f"COPY properties ({', '.join(ALL_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-PG_STAGE = "property_stage"
-# INCLUDING COMPRESSION: values are compressed once, in the stage, with the column's method (lz4),
-# and INSERT ... SELECT moves them into `properties` without compressing them again.
-PG_CREATE_STAGE = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {PG_STAGE} (LIKE properties INCLUDING DEFAULTS INCLUDING COMPRESSION) "
+# The file's sightings change where each is still as read (the arrays, in ascending id order: the id, the hash,
+# last sighting and file read, whether the sighting moves to this file, and the record's hash). A row that
+# moves takes the file's lineage; an older file only lowers the first-seen time.
+PG_UPDATE_SIGHTINGS = (
+    "UPDATE property_sightings s SET content_hash = CASE WHEN n.moves THEN n.content_hash ELSE s.content_hash END, "
+    "source_file_id = CASE WHEN n.moves THEN %(file)s ELSE s.source_file_id END, "
+    "campaign_id = CASE WHEN n.moves THEN %(campaign)s ELSE s.campaign_id END, "
+    "last_seen_at = CASE WHEN n.moves THEN %(at)s ELSE s.last_seen_at END, "
+    "first_seen_at = LEAST(s.first_seen_at, %(at)s) "
+    "FROM unnest(%(ids)s::text[], %(read_hashes)s::bytea[], %(read_seen)s::timestamptz[], "
+    "%(read_files)s::bigint[], %(moves)s::boolean[], %(hashes)s::bytea[]) "
+    "AS n(property_id, read_hash, read_seen, read_file, moves, content_hash) "
+    "WHERE s.property_id = n.property_id AND s.content_hash IS NOT DISTINCT FROM n.read_hash "
+    "AND s.last_seen_at = n.read_seen AND s.source_file_id = n.read_file"
+)
+# Every processor locks sightings in id order, so that two of them never wait on each other in a circle: the UPDATE
+# may reach property_sightings only through its primary key (an index scan, in key order, driven by the sorted ids
+# or merged with them), never by a sequential, bitmap or hash-joined scan, whose order is the rows' places on disk.
+PG_ID_ORDER = (
+    "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true), "
+    "set_config('enable_hashjoin', 'off', true)"
+)
+PG_ANY_ORDER = "RESET enable_seqscan; RESET enable_bitmapscan; RESET enable_hashjoin"
+# INCLUDING COMPRESSION: values are compressed once, in the stage, with the column's method (lz4), and the
+# UPDATE moves them into property_records without compressing them again.
+PG_CREATE_CONTENT_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS content_stage (LIKE property_records INCLUDING DEFAULTS INCLUDING COMPRESSION) "
     "ON COMMIT DELETE ROWS"
 )
-PG_COPY = f"COPY {PG_STAGE} ({', '.join(ALL_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-PG_MERGE = (
-    f"INSERT INTO properties ({', '.join(ALL_COLUMNS)}) SELECT {', '.join(ALL_COLUMNS)} FROM {PG_STAGE} "
-    "ORDER BY property_id " + _upsert_tail("LEAST", "IS DISTINCT FROM", "{}::text")  # json has no equality
+PG_COPY_CONTENT_STAGE = f"COPY content_stage ({', '.join(CONTENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+PG_UPDATE_CONTENT = (
+    f"UPDATE property_records r SET {', '.join(f'{name} = st.{name}' for name in CONTENT_COLUMNS[1:])} "
+    "FROM content_stage st WHERE r.property_id = st.property_id"
 )
 PG_LINKS = "INSERT INTO file_properties (file_id, property_id) SELECT %s, unnest(%s::text[])"
+PG_SAVEPOINT = "SAVEPOINT load_records"
+PG_ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT load_records"
+PG_RELEASE_SAVEPOINT = "RELEASE SAVEPOINT load_records"
 
+# --- SQLite -------------------------------------------------------------------------------------------------
 
-def _sqlite_time(moment: datetime) -> str:
-    # The text format SQLAlchemy's SQLite DateTime uses, so Core queries read these rows back.
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-
+SQLITE_SIGHTINGS_OF = (
+    "SELECT property_id, content_hash, last_seen_at, source_file_id, campaign_id, first_seen_at "
+    "FROM property_sightings WHERE property_id IN (SELECT value FROM json_each(?))"
+)
+# The record's bytes are stored as text, as received (the page was checked to be UTF-8).
+SQLITE_INSERT_CONTENT = (
+    f"INSERT INTO property_records ({', '.join(CONTENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in CONTENT_COLUMNS[:-1])}, CAST(? AS TEXT))"
+)
+SQLITE_INSERT_SIGHTING = "INSERT INTO property_sightings ({}) VALUES ({})".format(
+    ", ".join(SIGHTING_COLUMNS), ", ".join("?" for _ in SIGHTING_COLUMNS)
+)
+SQLITE_UPDATE_SIGHTING = (
+    "UPDATE property_sightings SET content_hash = CASE WHEN ?5 THEN ?6 ELSE content_hash END, "
+    "source_file_id = CASE WHEN ?5 THEN ?7 ELSE source_file_id END, "
+    "campaign_id = CASE WHEN ?5 THEN ?8 ELSE campaign_id END, "
+    "last_seen_at = CASE WHEN ?5 THEN ?9 ELSE last_seen_at END, first_seen_at = min(first_seen_at, ?9) "
+    "WHERE property_id = ?1 AND content_hash IS ?2 AND last_seen_at = ?3 AND source_file_id = ?4"
+)
+SQLITE_UPDATE_CONTENT = (
+    f"UPDATE property_records SET {', '.join(f'{name} = ?' for name in CONTENT_COLUMNS[1:-1])}, "
+    "raw = CAST(? AS TEXT) WHERE property_id = ?"
+)
+SQLITE_LINK = "INSERT INTO file_properties (file_id, property_id) VALUES (?, ?)"
 
 # SQLite: dates go in as ISO text (what SQLAlchemy's Date reads back); booleans are stored as 1 and 0 as
 # they are. Only the date columns need converting.
 _DATE_POSITIONS = tuple(position for position, (_column, _path, kind) in enumerate(FIELDS) if kind == "date")
 
 
-def _sqlite_row(record: PropertyRecord, lineage: tuple[Any, ...]) -> tuple[Any, ...]:
-    values = list(record.values)
-    for position in _DATE_POSITIONS:
-        if values[position] is not None:
-            values[position] = values[position].isoformat()
-    return (record.property_id, *values, record.raw_json, *lineage)
+class LoadRace(Exception):
+    """Another processor changed or added one of the file's properties after they were read: start again."""
 
 
-@contextmanager
-def _driver_errors_as_sqlalchemy(conn: Connection, what: str) -> Iterator[None]:
-    """The bulk paths use the driver's cursor directly: raise its errors as SQLAlchemy's DBAPIError subclasses.
+@dataclass(frozen=True, slots=True)
+class _Sighting:
+    """A property's sighting as read; `last_seen_at` and `first_seen_at` as the driver gave them (the checks
+    hand them back to the database as they are)."""
 
-    The processor gives the claim back on OperationalError (connection lost, statement cancelled) and
-    marks the file FAILED on other DBAPIErrors; a raw driver error would escape both and stop the run.
-    """
-    driver_error = conn.dialect.loaded_dbapi.Error
-    try:
-        yield
-    except driver_error as error:
-        raise DBAPIError.instance(what, None, error, driver_error, dialect=conn.dialect) from error
+    content_hash: bytes | None
+    last_seen_at: Any
+    source_file_id: int
+    campaign_id: str
+    first_seen_at: Any
+    seen: datetime  # last_seen_at as an aware datetime
+    first: datetime
+
+
+@dataclass
+class _Plan:
+    """What the file's records do to the database, decided from the sightings as read."""
+
+    new: list[PropertyRecord] = field(default_factory=list)
+    # Sightings to change, in id order: (id, its hash, last sighting and file as read; the writes check that it
+    # is still so), whether it moves to this file (False: an older file, only an earlier first-seen time), the
+    # record's hash.
+    sightings: list[tuple[str, bytes | None, Any, int, bool, bytes]] = field(default_factory=list)
+    contents: list[PropertyRecord] = field(default_factory=list)  # content rewrites (their sightings move)
+
+
+def _plan(records: Sequence[PropertyRecord], known: dict[str, _Sighting], payload: PayloadFile) -> _Plan:
+    """Newest wins, decided per record (see the module's docstring); `records` in id order."""
+    plan = _Plan()
+    incoming = (payload.captured_at, payload.file_id)
+    for record in records:
+        seen = known.get(record.property_id)
+        if seen is None:
+            plan.new.append(record)
+            continue
+        read = (record.property_id, seen.content_hash, seen.last_seen_at, seen.source_file_id)
+        last = (seen.seen, seen.source_file_id)
+        if incoming >= last:
+            changed = record.content_hash != seen.content_hash
+            if incoming == last and not changed:
+                continue  # the file the row came from, loaded again with nothing changed: nothing to write
+            plan.sightings.append((*read, True, record.content_hash))
+            if changed:
+                plan.contents.append(record)
+        elif payload.captured_at < seen.first:
+            plan.sightings.append((*read, False, record.content_hash))
+    return plan
 
 
 def load_records(conn: Connection, payload: PayloadFile, page: PayloadPage) -> frozenset[str]:
-    """Upsert the page's valid records, link them to the file, quarantine the rest; no commit (the caller's).
+    """Load the page's valid records, link them to the file, quarantine the rest; no commit (the caller's).
 
-    The records are validated as they are taken (see PayloadPage): afterwards `page.accepted` and
-    `page.rejected` hold the counts the file's status records. Returns the ids the file delivered in
-    an earlier load and no longer does (always empty on a first load): their rows may need another
-    source (processing/replay.py).
+    Afterwards `page.accepted` and `page.rejected` hold the counts the file's status records. Returns the ids
+    the file delivered in an earlier load and no longer does (always empty on a first load): their rows may
+    need another source (processing/replay.py).
     """
     # A reload (a reprocess, or a retry after a reload failed) replaces the file's quarantine, and its links
     # only where they changed: a link kept is not written again.
     previous = _previous_load(conn, payload.file_id) if payload.attempts > 1 else frozenset()
+    records = page.records(by_id=True)
     dialect = conn.dialect.name
     with _driver_errors_as_sqlalchemy(conn, f"bulk load of file {payload.file_id}"):
         if dialect == "postgresql":
-            accepted = _load_postgresql(conn, payload, page, previous)
+            ids = _text_array([record.property_id for record in records])
+            _load_postgresql(conn, payload, records, ids)
+            links = (
+                ids if not previous else _text_array([r.property_id for r in records if r.property_id not in previous])
+            )
+            with _driver(conn).cursor() as cursor:
+                cursor.execute(PG_LINKS, (payload.file_id, links))
         elif dialect == "sqlite":
-            records = list(page.records())
-            _load_sqlite(conn, payload, records, previous)
-            accepted = [record.property_id for record in records]
+            _load_sqlite(conn, payload, records)
+            _link_sqlite(conn, payload.file_id, [r.property_id for r in records if r.property_id not in previous])
         else:
             raise NotImplementedError(f"database {dialect!r} is not supported (use SQLite or PostgreSQL)")
-    dropped = previous.difference(accepted) if previous else frozenset()
+    dropped = previous.difference(record.property_id for record in records) if previous else frozenset()
     if dropped:
         conn.execute(
             delete(file_properties).where(
@@ -176,28 +260,181 @@ def load_records(conn: Connection, payload: PayloadFile, page: PayloadPage) -> f
     return dropped
 
 
-def upsert_from_source(
+def _load_postgresql(conn: Connection, payload: PayloadFile, records: Sequence[PropertyRecord], ids: str) -> None:
+    """`ids`: the records' ids as one text[] literal."""
+    with _driver(conn).cursor() as cursor:
+        # Each race lost means another processor committed a change to one of the file's properties, which the
+        # next read sees: at most one attempt per record, and in practice one or two.
+        for _attempt in range(len(records) + 1):
+            cursor.execute(PG_SIGHTINGS_OF, (ids,))
+            known = {row[0]: _pg_sighting(row) for row in cursor}
+            plan = _plan(records, known, payload)
+            cursor.execute(PG_SAVEPOINT)
+            try:
+                _write_postgresql(cursor, plan, payload, ids if not known else None)
+            except (psycopg.errors.UniqueViolation, LoadRace):
+                cursor.execute(PG_ROLLBACK_TO_SAVEPOINT)
+                continue
+            cursor.execute(PG_RELEASE_SAVEPOINT)
+            return
+    raise AssertionError("every read was current, yet the load kept finding its properties changed")
+
+
+def _write_postgresql(cursor: Any, plan: _Plan, payload: PayloadFile, new_ids: str | None) -> None:
+    """`new_ids`: the new records' ids as a text[] literal when already built (every record is new)."""
+    if plan.new:
+        with cursor.copy(PG_COPY_CONTENT) as copy:
+            copy.set_types(PG_CONTENT_TYPES)
+            for record in plan.new:
+                copy.write_row((record.property_id, *record.values, record.raw))
+        cursor.execute(
+            PG_INSERT_SIGHTINGS,
+            {
+                "ids": new_ids or _text_array([record.property_id for record in plan.new]),
+                "hashes": [record.content_hash for record in plan.new],
+                "file": payload.file_id,
+                "campaign": payload.campaign_id,
+                "at": payload.captured_at,
+            },
+        )
+    if plan.sightings:
+        ids, read_hashes, read_seen, read_files, moves, hashes = zip(*plan.sightings, strict=True)
+        arrays = {
+            "ids": _text_array(ids),
+            "read_hashes": list(read_hashes),
+            "read_seen": list(read_seen),
+            "read_files": list(read_files),
+            "moves": list(moves),
+            "hashes": list(hashes),
+        }
+        cursor.execute(PG_ID_ORDER)
+        cursor.execute(
+            PG_UPDATE_SIGHTINGS,
+            {**arrays, "file": payload.file_id, "campaign": payload.campaign_id, "at": payload.captured_at},
+        )
+        if cursor.rowcount != len(plan.sightings):
+            raise LoadRace
+        cursor.execute(PG_ANY_ORDER)
+    if plan.contents:
+        cursor.execute(PG_CREATE_CONTENT_STAGE)
+        with cursor.copy(PG_COPY_CONTENT_STAGE) as copy:
+            copy.set_types(PG_CONTENT_TYPES)
+            for record in plan.contents:
+                copy.write_row((record.property_id, *record.values, record.raw))
+        cursor.execute(PG_UPDATE_CONTENT)
+
+
+def _pg_sighting(row: tuple[Any, ...]) -> _Sighting:
+    _id, content_hash, last_seen_at, source_file_id, campaign_id, first_seen_at = row
+    return _Sighting(
+        content_hash, last_seen_at, source_file_id, campaign_id, first_seen_at, last_seen_at, first_seen_at
+    )
+
+
+def _load_sqlite(conn: Connection, payload: PayloadFile, records: Sequence[PropertyRecord]) -> None:
+    """SQLite has one writer and the file's transaction holds it (BEGIN IMMEDIATE): the sightings read are
+    current, and the checks of the updates always pass."""
+    at = _sqlite_time(payload.captured_at)
+    cursor = _driver(conn).cursor()
+    try:
+        cursor.execute(SQLITE_SIGHTINGS_OF, (_json_array([record.property_id for record in records]),))
+        plan = _plan(records, {row[0]: _sqlite_sighting(row) for row in cursor.fetchall()}, payload)
+        if plan.new:
+            cursor.executemany(SQLITE_INSERT_CONTENT, [_sqlite_content(record) for record in plan.new])
+            cursor.executemany(
+                SQLITE_INSERT_SIGHTING,
+                [(r.property_id, r.content_hash, payload.file_id, payload.campaign_id, at, at) for r in plan.new],
+            )
+        if plan.sightings:
+            lineage = (payload.file_id, payload.campaign_id, at)
+            cursor.executemany(SQLITE_UPDATE_SIGHTING, [(*sighting, *lineage) for sighting in plan.sightings])
+            if cursor.rowcount != len(plan.sightings):
+                raise AssertionError("a SQLite sighting changed under the writer's own transaction")
+        if plan.contents:
+            cursor.executemany(
+                SQLITE_UPDATE_CONTENT,
+                [(*_sqlite_content(record)[1:], record.property_id) for record in plan.contents],
+            )
+    finally:
+        cursor.close()
+
+
+def _sqlite_sighting(row: tuple[Any, ...]) -> _Sighting:
+    _id, content_hash, last_seen_at, source_file_id, campaign_id, first_seen_at = row
+    seen, first = as_utc(last_seen_at), as_utc(first_seen_at)
+    assert seen is not None and first is not None
+    return _Sighting(content_hash, last_seen_at, source_file_id, campaign_id, first_seen_at, seen, first)
+
+
+def _sqlite_content(record: PropertyRecord) -> tuple[Any, ...]:
+    values = list(record.values)
+    for position in _DATE_POSITIONS:
+        if values[position] is not None:
+            values[position] = values[position].isoformat()
+    return (record.property_id, *values, record.raw)
+
+
+def _sqlite_time(moment: datetime) -> str:
+    # The text format SQLAlchemy's SQLite DateTime uses, so Core queries read these rows back.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _link_sqlite(conn: Connection, file_id: int, property_ids: Sequence[str]) -> None:
+    cursor = _driver(conn).cursor()
+    try:
+        cursor.executemany(SQLITE_LINK, [(file_id, property_id) for property_id in property_ids])
+    finally:
+        cursor.close()
+
+
+@contextmanager
+def _driver_errors_as_sqlalchemy(conn: Connection, what: str) -> Iterator[None]:
+    """The bulk paths use the driver's cursor directly: raise its errors as SQLAlchemy's DBAPIError subclasses.
+
+    The processor gives the claim back on OperationalError (connection lost, statement cancelled) and
+    marks the file FAILED on other DBAPIErrors; a raw driver error would escape both and stop the run.
+    """
+    driver_error = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except driver_error as error:
+        raise DBAPIError.instance(what, None, error, driver_error, dialect=conn.dialect) from error
+
+
+def write_from_source(
     conn: Connection, record: PropertyRecord, file_id: int, campaign_id: str, captured_at: datetime
 ) -> None:
-    """Give one property the values of `record` from file `file_id`, whatever the row held (the caller knows it
-    is now the newest file that delivers it: see processing/replay.py). first_seen_at is the caller's."""
-    # The record's text goes in as it is (as a bulk load puts it), not re-serialized from a dict.
-    raw_text = literal(record.raw_json, Text)
-    values: dict[str, Any] = dict(zip(COLUMNS, record.values, strict=True))
-    lineage: dict[str, Any] = {
-        "raw": cast(raw_text, JSON) if conn.dialect.name == "postgresql" else raw_text,
+    """Give one property the values of `record` from file `file_id`, whatever its rows held (the caller knows the
+    file is now the newest that delivers it: see processing/replay.py). first_seen_at is the caller's."""
+    sighting = {
+        "content_hash": record.content_hash,
         "source_file_id": file_id,
         "campaign_id": campaign_id,
-        "captured_at": captured_at,
         "last_seen_at": captured_at,
     }
-    inserted = {"property_id": record.property_id, **values, **lineage, "first_seen_at": captured_at}
-    if conn.dialect.name == "postgresql":
-        pg_statement = postgresql.insert(properties).values(**inserted)
-        conn.execute(pg_statement.on_conflict_do_update(index_elements=["property_id"], set_={**values, **lineage}))
-    else:
-        lite_statement = sqlite.insert(properties).values(**inserted)
-        conn.execute(lite_statement.on_conflict_do_update(index_elements=["property_id"], set_={**values, **lineage}))
+    # The record's text goes in as it is (as a bulk load puts it), not serialized again as a JSON value.
+    raw_text = literal(record.raw_json, Text)
+    raw = cast(raw_text, JSON) if conn.dialect.name == "postgresql" else raw_text
+    content = {"raw": raw, **dict(zip(COLUMNS, record.values, strict=True))}
+    # The sighting first: its row lock is what every writer of the property's rows holds.
+    written = conn.execute(
+        update(property_sightings).where(property_sightings.c.property_id == record.property_id).values(**sighting)
+    ).rowcount
+    if written:
+        conn.execute(
+            update(property_records).where(property_records.c.property_id == record.property_id).values(**content)
+        )
+        return
+    conn.execute(
+        insert(property_sightings).values(property_id=record.property_id, first_seen_at=captured_at, **sighting)
+    )
+    conn.execute(insert(property_records).values(property_id=record.property_id, **content))
+
+
+def delete_property(conn: Connection, property_id: str) -> None:
+    """Remove a property no settled file delivers any more (its sighting first, as every writer locks it)."""
+    conn.execute(delete(property_sightings).where(property_sightings.c.property_id == property_id))
+    conn.execute(delete(property_records).where(property_records.c.property_id == property_id))
 
 
 def _previous_load(conn: Connection, file_id: int) -> frozenset[str]:
@@ -223,84 +460,6 @@ def _record_index(item: RejectedRecord) -> int:
     return item.record_index
 
 
-def _load_sqlite(
-    conn: Connection, payload: PayloadFile, records: Sequence[PropertyRecord], linked: frozenset[str]
-) -> None:
-    if not records:
-        return
-    captured = _sqlite_time(payload.captured_at)
-    lineage = (payload.file_id, payload.campaign_id, captured, captured, captured)
-    rows = [_sqlite_row(record, lineage) for record in records]
-    cursor = _driver(conn).cursor()
-    try:
-        cursor.executemany(SQLITE_UPSERT, rows)
-        cursor.executemany(
-            "INSERT INTO file_properties (file_id, property_id) VALUES (?, ?)",
-            [(payload.file_id, record.property_id) for record in records if record.property_id not in linked],
-        )
-    finally:
-        cursor.close()
-
-
-def _load_postgresql(conn: Connection, payload: PayloadFile, page: PayloadPage, linked: frozenset[str]) -> list[str]:
-    """Stream the records into a COPY as they are validated, so the server works while Python validates.
-
-    Properties the table does not hold yet go straight into `properties` (the cost of a plain COPY);
-    known ones are upserted from a staging table, newest wins. Every transaction takes its row locks
-    in the same order, new ids first (ascending) then known ids (ascending), which cannot deadlock:
-    an id known to one transaction is committed, so no other one can hold it as a new insert. When a
-    "new" id was committed by another processor meanwhile, the COPY fails on it: everything since the
-    savepoint is undone and the load starts again from a fresh look at which ids are known.
-    """
-    captured = payload.captured_at
-    lineage = (payload.file_id, payload.campaign_id, captured, captured, captured)
-    ids_list = [i for i in page.ids() if i is not None]
-    ids = _text_array(ids_list)
-    driver = _driver(conn)  # psycopg 3
-    first_pass: Iterator[PropertyRecord] | None = page.records(by_id=True)  # validated as the first COPY takes them
-    every_record: list[PropertyRecord] = []  # all of them, once the first pass was cut short
-    with driver.cursor() as cursor:
-        # Each lost race means another processor committed one of this file's "new" ids, so the known ids
-        # grow with every attempt: at most one attempt per id, and in practice a few.
-        for _attempt in range(len(ids_list) + 1):
-            cursor.execute(PG_KNOWN, (ids,))
-            known = {row[0] for row in cursor}
-            accepted: list[PropertyRecord] = []
-            to_upsert: list[PropertyRecord] = []
-            cursor.execute("SAVEPOINT load_records")
-            try:
-                with cursor.copy(PG_COPY_NEW) as copy:
-                    copy.set_types(PG_COPY_TYPES)
-                    for record in first_pass if first_pass is not None else every_record:
-                        accepted.append(record)
-                        if record.property_id in known:
-                            to_upsert.append(record)
-                        else:
-                            copy.write_row((record.property_id, *record.values, record.raw_json, *lineage))
-            except psycopg.errors.UniqueViolation:
-                cursor.execute("ROLLBACK TO SAVEPOINT load_records")
-                if first_pass is not None:
-                    every_record = accepted + list(first_pass)  # validate the records the COPY had not reached
-                    first_pass = None
-                continue
-            cursor.execute("RELEASE SAVEPOINT load_records")
-            break
-        else:
-            raise AssertionError("every id became known, yet the COPY of new ids kept failing")
-        if to_upsert:
-            cursor.execute(PG_CREATE_STAGE)
-            with cursor.copy(PG_COPY) as copy:
-                copy.set_types(PG_COPY_TYPES)
-                for record in to_upsert:
-                    copy.write_row((record.property_id, *record.values, record.raw_json, *lineage))
-            cursor.execute(PG_MERGE)
-        accepted_ids = [record.property_id for record in accepted]
-        new_links = [property_id for property_id in accepted_ids if property_id not in linked]
-        if new_links:
-            cursor.execute(PG_LINKS, (payload.file_id, _text_array(new_links)))
-    return accepted_ids
-
-
 def _driver(conn: Connection) -> Any:
     """The DBAPI connection under a Connection (sqlite3's or psycopg's), for the bulk paths."""
     driver = conn.connection.driver_connection
@@ -315,3 +474,8 @@ def _text_array(values: Sequence[str]) -> str:
     One string parameter instead of a list that the driver adapts element by element (a tenth of the time).
     """
     return "{" + ",".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values) + "}"
+
+
+def _json_array(values: Sequence[str]) -> str:
+    """A JSON array of the ids, one parameter for SQLite's json_each (no limit on the number of variables)."""
+    return orjson.dumps(list(values)).decode()

@@ -1,14 +1,25 @@
-"""Turn a payload file's bytes into valid records and rejected ones; file-level problems raise."""
+"""Turn a payload file's bytes into valid records and rejected ones; file-level problems raise.
+
+A page is cut into its records' JSON bytes as received (msgspec, without decoding them), and each
+record is validated from its bytes (records.py: `read_record`). So every record is stored exactly as
+the API sent it, and only the contract's fields are ever decoded. The cut needs a page orjson reads
+(plain JSON); registration found out whether it is (payload_json.py), and processing, which checks
+the bytes against the registered SHA-256, passes that on instead of decoding the page whole again.
+A page that is not plain (a number beyond the double range, a lone surrogate) or not the expected
+shape takes the reference path: decoded whole, each record checked by `validate_record`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+import orjson
+
 from property_pipeline.errors import PayloadError
-from property_pipeline.payload_json import PayloadJsonError, decode_payload_json, escaped_text, quarantine_text
-from property_pipeline.processing.records import PropertyRecord, RecordRejected, property_id_of, validate_record
+from property_pipeline.payload_json import PayloadJsonError, decode_payload, escaped_text, quarantine_text
+from property_pipeline.processing.records import PropertyRecord, RecordRejected, read_record, validate_record
 
 MAX_REJECTED_RAW_CHARS = 100_000
 
@@ -35,96 +46,140 @@ class ParsedPayload:
         return len(self.records) + len(self.rejected)
 
 
-def _raw_text(record: Any) -> str:
-    text = quarantine_text(record)
+class _Envelope(msgspec.Struct, gc=False):
+    """A page as msgspec cuts it: the records' bytes, and the count it declares (anything odd: the reference)."""
+
+    data: list[msgspec.Raw]
+    recordCount: int | None = None  # the API's name
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+
+
+def _clipped(text: str) -> str:
     return text if len(text) <= MAX_REJECTED_RAW_CHARS else text[:MAX_REJECTED_RAW_CHARS] + "…(truncated)"
 
 
-class PayloadPage:
-    """A page read as JSON whose records are validated one at a time, as they are taken.
+def _rejected(index: int, record: Any, reason: str, raw: bytes | memoryview | None) -> RejectedRecord:
+    property_id = record.get("id") if isinstance(record, dict) else None
+    return RejectedRecord(
+        index,
+        None if property_id is None else escaped_text(str(property_id))[:256],
+        escaped_text(reason),
+        # As received; bytes the tolerant decoder let through (an encoded surrogate) shown as escapes.
+        _clipped(quarantine_text(record) if raw is None else str(raw, "utf-8", "backslashreplace")),
+    )
 
-    The loader takes them while its COPY streams, so the database stores one record while the next
-    is validated. Take `records()` once: rejected records are added to `rejected` as they are met.
+
+class PayloadPage:
+    """A page's records, validated on first use: `records()` the valid ones, `rejected` the others with reasons.
+
+    Built by `read_page`, from the records' bytes (`cut`) or, for a page only the tolerant decoder reads
+    whole, from the decoded records (`decoded`).
     """
 
-    def __init__(self, data: list[Any]) -> None:
-        self.data = data
+    def __init__(self, items: list[Any], *, cut: bool, plain: bool = True, may_hold_nul: bool = True) -> None:
+        self._items = items
+        self._cut = cut
+        self._plain = plain
+        self._may_hold_nul = may_hold_nul
         self.rejected: list[RejectedRecord] = []
         self.accepted = 0
-        self._ids: list[str | None] | None = None
-        self._taken: tuple[bool, list[PropertyRecord]] | None = None
+        self._valid: list[PropertyRecord] | None = None
 
     @property
     def properties_count(self) -> int:
-        return len(self.data)
+        return len(self._items)
 
-    def ids(self) -> list[str | None]:
-        """Each record's id as it will be stored, or None where it has none usable (nothing else is checked)."""
-        if self._ids is None:
-            self._ids = []
-            for raw in self.data:
-                try:
-                    self._ids.append(property_id_of(raw))
-                except RecordRejected:
-                    self._ids.append(None)
-        return self._ids
+    def validate_all(self) -> None:
+        """Validate every record now (a processor reading ahead does it while the previous file commits)."""
+        if self._valid is None:
+            self._valid = self._validated()
 
-    def validate_all(self, *, by_id: bool = False) -> None:
-        """Validate every record now (a processor reading ahead does it while the previous file commits);
-        `records()` in the same order then hands them out without validating them again."""
-        if self._taken is None:
-            self._taken = (by_id, list(self._validated(by_id)))
-
-    def records(self, *, by_id: bool = False) -> Iterator[PropertyRecord]:
+    def records(self, *, by_id: bool = False) -> list[PropertyRecord]:
         """The valid records, in file order or ordered by id; the first valid one of an id wins either way."""
-        if self._taken is not None:
-            taken_by_id, taken = self._taken
-            if taken_by_id != by_id:
-                raise ValueError("the records were validated in the other order")
-            return iter(taken)
-        return self._validated(by_id)
+        self.validate_all()
+        assert self._valid is not None
+        return sorted(self._valid, key=_property_id) if by_id else list(self._valid)
 
-    def _validated(self, by_id: bool) -> Iterator[PropertyRecord]:
-        indexes: Iterable[int] = range(len(self.data))
-        if by_id:
-            keys = [property_id or "" for property_id in self.ids()]
-            indexes = sorted(indexes, key=keys.__getitem__)  # a stable sort: file order among equal ids
+    def _validated(self) -> list[PropertyRecord]:
+        valid: list[PropertyRecord] = []
         first_index: dict[str, int] = {}
-        for index in indexes:
-            raw = self.data[index]
+        for index, item in enumerate(self._items):
             try:
-                record = validate_record(raw)
+                record = self._validate(item)
             except RecordRejected as reason:
-                property_id = raw.get("id") if isinstance(raw, dict) else None
-                self.rejected.append(
-                    RejectedRecord(
-                        index,
-                        None if property_id is None else escaped_text(str(property_id))[:256],
-                        escaped_text(str(reason)),
-                        _raw_text(raw),
-                    )
-                )
+                self.rejected.append(self._rejection(index, item, str(reason)))
                 continue
             earlier = first_index.get(record.property_id)
             if earlier is not None:
-                self.rejected.append(
-                    RejectedRecord(
-                        index,
-                        record.property_id,
-                        f"duplicate id in the file (first at index {earlier})",
-                        record.raw_json,
-                    )
-                )
+                duplicate = f"duplicate id in the file (first at index {earlier})"
+                self.rejected.append(RejectedRecord(index, record.property_id, duplicate, _clipped(record.raw_json)))
                 continue
             first_index[record.property_id] = index
-            self.accepted += 1
-            yield record
+            valid.append(record)
+        self.accepted = len(valid)
+        return valid
+
+    def _validate(self, item: Any) -> PropertyRecord:
+        if not self._cut:
+            return validate_record(item)
+        raw = memoryview(item)
+        if self._plain:
+            return read_record(raw, may_hold_nul=self._may_hold_nul)
+        return validate_record(_decoded(raw), raw)
+
+    def _rejection(self, index: int, item: Any, reason: str) -> RejectedRecord:
+        if not self._cut:
+            return _rejected(index, item, reason, None)
+        raw = memoryview(item)
+        return _rejected(index, _decoded(raw), reason, raw)
 
 
-def read_page(body: bytes) -> PayloadPage:
-    """Parse one API page's JSON and check its shape; its records are validated when taken."""
+def _property_id(record: PropertyRecord) -> str:
+    return record.property_id
+
+
+def _decoded(raw: memoryview) -> Any:
+    """One record of a page that decoded whole, decoded on its own (tolerantly, as the page was)."""
     try:
-        document = decode_payload_json(body)
+        return decode_payload(bytes(raw))[0]
+    except PayloadJsonError:  # cannot happen for a part of a page that decoded; quarantined if it does
+        return None
+
+
+def _check_count(declared: Any, records: int) -> None:
+    if isinstance(declared, int) and not isinstance(declared, bool) and declared != records:
+        raise PayloadFormatError(f"recordCount says {declared} but 'data' holds {records} records")
+
+
+def read_page(body: bytes, *, plain: bool = False) -> PayloadPage:
+    """Parse one API page's JSON and check its shape; its records are validated when first taken.
+
+    `plain=True`: these very bytes are known to be plain JSON (see the module's docstring)."""
+    try:
+        envelope: _Envelope | None = _ENVELOPE.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        envelope = None  # not JSON, the wrong shape, or JSON msgspec does not cut: the reference path says which
+    if envelope is not None and not plain:
+        try:
+            orjson.loads(body)
+            plain = True
+        except orjson.JSONDecodeError:
+            try:
+                decode_payload(body)
+            except PayloadJsonError:
+                envelope = None  # not JSON after all (invalid UTF-8 in a value msgspec skipped): said below
+    if envelope is None:
+        return _read_whole(body)
+    _check_count(envelope.recordCount, len(envelope.data))
+    return PayloadPage(envelope.data, cut=True, plain=plain, may_hold_nul=b"\\u0000" in body)
+
+
+def _read_whole(body: bytes) -> PayloadPage:
+    """The reference path: the page decoded whole, its shape checked, its records decoded."""
+    try:
+        document, _plain = decode_payload(body)
     except PayloadJsonError as error:
         raise PayloadFormatError(f"not valid JSON (file truncated or corrupted?): {error}") from None
     if not isinstance(document, dict):
@@ -132,14 +187,12 @@ def read_page(body: bytes) -> PayloadPage:
     data = document.get("data")
     if not isinstance(data, list):
         raise PayloadFormatError("no 'data' list at the top level: this is not a property-search page")
-    declared = document.get("recordCount")
-    if isinstance(declared, int) and not isinstance(declared, bool) and declared != len(data):
-        raise PayloadFormatError(f"recordCount says {declared} but 'data' holds {len(data)} records")
-    return PayloadPage(data)
+    _check_count(document.get("recordCount"), len(data))
+    return PayloadPage(data, cut=False)
 
 
 def parse_payload(body: bytes) -> ParsedPayload:
     """Parse one API page; valid records in order, in-file duplicate ids and contract breaches rejected."""
     page = read_page(body)
-    records = list(page.records())
+    records = page.records()
     return ParsedPayload(records, page.rejected)

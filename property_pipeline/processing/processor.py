@@ -221,9 +221,11 @@ class _ReadAhead:
                 return
             with self._processor.store.open_payload(guess.file_path, self._processor.max_payload_bytes) as handle:
                 body = handle.read()
-            page = read_page(body)
+            checksum = hashlib.sha256(body).hexdigest()
+            # Registration's verdict holds for the bytes it hashed only.
+            page = read_page(body, plain=guess.plain_json is True and checksum == guess.checksum_sha256)
             page.validate_all()
-            self._result = _ReadPage(guess.file_id, hashlib.sha256(body).hexdigest(), len(body), page)
+            self._result = _ReadPage(guess.file_id, checksum, len(body), page)
         except Exception:  # a guess: whatever went wrong, the normal path meets it and reports it
             log.debug("reading ahead failed; the file is read when it is claimed", exc_info=True)
 
@@ -484,7 +486,7 @@ class PayloadProcessor:
                 "Restore the original bytes, then retry"
             )
         try:
-            return read_page(body)
+            return read_page(body, plain=payload.plain_json is True)  # the bytes registration judged: checked above
         except PayloadFormatError as error:
             raise FileProblem(f"{payload.file_path}: {error}") from None
 

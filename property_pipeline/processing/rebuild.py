@@ -63,6 +63,7 @@ COPIED = (
     "captured_at",
     "properties_count",
     "content_unreadable",
+    "plain_json",
     "archived_at",
     "deleted_at",
     "archive_name",

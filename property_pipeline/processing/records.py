@@ -1,4 +1,17 @@
-"""The typed property record and its validator (the contract's fields, mapped to snake_case columns)."""
+"""The typed property record and its validator (the contract's fields, mapped to snake_case columns).
+
+A record is validated in one of two ways that accept exactly the same records with the same values:
+
+- `read_record` takes the record's JSON bytes as received (a slice of its page) and decodes only the
+  contract's fields, in compiled code (msgspec, with the contract's types and bounds). It is the
+  processor's path. Whatever it does not accept outright (a float where an integer belongs, a
+  malformed value, anything unusual) is handed to the reference validator below, which converts
+  the value or rejects the record with its reason.
+- `validate_record` checks a decoded record field by field in Python: the reference, and the only
+  path for a page that only the tolerant decoder reads (see payload_json.py).
+
+`tests/processing/test_record_decoding.py` holds the two paths to the same answers.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +19,32 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
+import orjson
+import xxhash
+from msgspec import Meta
 
 from property_pipeline.errors import PayloadError
-from property_pipeline.payload_json import UnrepresentableNumber, describe_unstorable, encode_for_storage
+from property_pipeline.payload_json import (
+    PayloadJsonError,
+    UnrepresentableNumber,
+    decode_payload_json,
+    describe_unstorable,
+    encode_for_storage,
+    find_unstorable,
+)
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
+# Bounds of the floating-point kinds (inclusive).
+FLOAT_BOUNDS = {"number": (-1e15, 1e15), "lat": (-90.0, 90.0), "lon": (-180.0, 180.0)}
 MAX_ID_CHARS = 256
-STATE_RE = re.compile(r"[A-Z]{2}")
-ZIP_RE = re.compile(r"\d{5}")
+STATE_PATTERN = "[A-Z]{2}"
+ZIP_PATTERN = "[0-9]{5}"  # ASCII digits: `\d` would take any Unicode digit ("７８７０１")
+STATE_RE = re.compile(STATE_PATTERN)
+ZIP_RE = re.compile(ZIP_PATTERN)
 
 
 class RecordRejected(PayloadError, ValueError):
@@ -57,14 +86,37 @@ FIELDS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 COLUMNS: tuple[str, ...] = tuple(column for column, _, _ in FIELDS)
 NESTED_OBJECTS = ("address", "mailAddress")
 
+# The values of a row as hashed: msgpack of the typed values (dates as ISO text).
+_VALUES_ENCODER = msgspec.msgpack.Encoder()
+
 
 @dataclass(frozen=True, slots=True)
 class PropertyRecord:
-    """A record that passed validation: its id, typed column values (in `COLUMNS` order) and raw JSON text."""
+    """A record that passed validation: its id, typed column values (in `COLUMNS` order), its JSON text as
+    received, and the hash of both (what the row holds: two records with the same hash load the same row)."""
 
     property_id: str
     values: tuple[Any, ...]
-    raw_json: str
+    raw: bytes | memoryview
+    content_hash: bytes
+
+    @property
+    def raw_json(self) -> str:
+        return str(self.raw, "utf-8")
+
+    @classmethod
+    def of(cls, property_id: str, values: tuple[Any, ...], raw: bytes | memoryview) -> PropertyRecord:
+        return cls(property_id, values, raw, content_hash(raw, values))
+
+
+def content_hash(raw: bytes | memoryview, values: tuple[Any, ...]) -> bytes:
+    """XXH3-128 of a row's content: the record's bytes, then its typed values. Rows are only ever compared with the
+    row of the same property, so a 128-bit hash makes a false "unchanged" a 2^-128 event per comparison; the
+    values are in it so that a changed validation rule changes the hash even where the bytes did not."""
+    return xxhash.xxh3_128_digest(_VALUES_ENCODER.encode(values), seed=xxhash.xxh3_64_intdigest(raw))
+
+
+# --- the reference validator -----------------------------------------------------------------------------
 
 
 def _integer(value: Any, bounds: tuple[int, int], label: str) -> int:
@@ -82,11 +134,12 @@ def _integer(value: Any, bounds: tuple[int, int], label: str) -> int:
     return int(whole)
 
 
-def _number(value: Any, label: str, low: float = -1e15, high: float = 1e15) -> float:
+def _number(value: Any, label: str, bounds: tuple[float, float]) -> float:
     if isinstance(value, UnrepresentableNumber):
         raise RecordRejected(f"{label} {value.text} is outside the range of a double")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RecordRejected(f"{label} must be a number, got {type(value).__name__} {value!r:.40}")
+    low, high = bounds
     if not low <= value <= high:
         raise RecordRejected(f"{label} {value} is out of range [{low}, {high}]")
     return float(value)
@@ -105,12 +158,8 @@ def _convert(kind: str, value: Any, label: str) -> Any:
         return _integer(value, INT64, label)
     if kind == "int32":
         return _integer(value, INT32, label)
-    if kind == "number":
-        return _number(value, label)
-    if kind == "lat":
-        return _number(value, label, -90.0, 90.0)
-    if kind == "lon":
-        return _number(value, label, -180.0, 180.0)
+    if kind in FLOAT_BOUNDS:
+        return _number(value, label, FLOAT_BOUNDS[kind])
     if kind == "bool":
         if not isinstance(value, bool):
             raise RecordRejected(f"{label} must be true or false, got {value!r:.40}")
@@ -136,15 +185,18 @@ def _convert(kind: str, value: Any, label: str) -> Any:
     raise AssertionError(f"unknown field kind {kind}")
 
 
+def _in(bounds: tuple[float, float]) -> Callable[[Any], bool]:
+    low, high = bounds
+    return lambda value: low <= value <= high
+
+
 # Values taken exactly as parsed, per kind: (the one type that needs no conversion, its range check or None).
 # Anything else goes through `_convert`, which converts it (3.0 → 3, 2 → 2.0, dates) or rejects it with a reason.
 _AS_PARSED: dict[str, tuple[type | None, Callable[[Any], object] | None]] = {
     "text": (str, None),
-    "int64": (int, lambda value: INT64[0] <= value <= INT64[1]),
-    "int32": (int, lambda value: INT32[0] <= value <= INT32[1]),
-    "number": (float, lambda value: -1e15 <= value <= 1e15),
-    "lat": (float, lambda value: -90.0 <= value <= 90.0),
-    "lon": (float, lambda value: -180.0 <= value <= 180.0),
+    "int64": (int, _in(INT64)),
+    "int32": (int, _in(INT32)),
+    **{kind: (float, _in(bounds)) for kind, bounds in FLOAT_BOUNDS.items()},
     "bool": (bool, None),
     "date": (None, None),  # always converted to a date
     "state": (str, STATE_RE.fullmatch),
@@ -155,6 +207,17 @@ _PLAN = tuple(
     (path[0], path[1] if len(path) == 2 else None, kind, ".".join(path), *_AS_PARSED[kind])
     for _column, path, kind in FIELDS
 )
+
+
+def _text_id(raw_id: str) -> str:
+    if not raw_id.strip():
+        raise RecordRejected("id is an empty string")
+    # Kept exactly as sent, never trimmed: " 1" trimmed would silently become the property "1".
+    if raw_id != raw_id.strip():
+        raise RecordRejected(f"id {raw_id[:40]!r} has leading or trailing whitespace")
+    if len(raw_id) > MAX_ID_CHARS or "\x00" in raw_id:
+        raise RecordRejected(f"id {raw_id[:40]!r} is too long or holds a NUL character")
+    return raw_id
 
 
 def property_id_of(record: Any) -> str:
@@ -169,19 +232,23 @@ def property_id_of(record: Any) -> str:
     if isinstance(raw_id, int):
         return str(raw_id)
     if isinstance(raw_id, str):
-        if not raw_id.strip():
-            raise RecordRejected("id is an empty string")
-        # Kept exactly as sent, never trimmed: " 1" trimmed would silently become the property "1".
-        if raw_id != raw_id.strip():
-            raise RecordRejected(f"id {raw_id[:40]!r} has leading or trailing whitespace")
-        if len(raw_id) > MAX_ID_CHARS or "\x00" in raw_id:
-            raise RecordRejected(f"id {raw_id[:40]!r} is too long or holds a NUL character")
-        return raw_id
+        return _text_id(raw_id)
     raise RecordRejected(f"id must be a string or an integer, got {type(raw_id).__name__}")
 
 
-def validate_record(record: Any) -> PropertyRecord:
-    """Check one record against the contract and return it typed; raise RecordRejected with the reason."""
+def _refuse_nul(raw: bytes | memoryview | str) -> None:
+    # PostgreSQL text and jsonb cannot hold U+0000; refuse it on every database alike. JSON can only write it as
+    # the escape \u0000, so the record's text holds that escape exactly when a value or key holds the character.
+    found = "\\u0000" in raw if isinstance(raw, str) else b"\\u0000" in (raw if isinstance(raw, bytes) else bytes(raw))
+    if found:
+        raise RecordRejected("record holds a NUL character (\\u0000), which the database cannot store")
+
+
+def validate_record(record: Any, raw: bytes | memoryview | None = None) -> PropertyRecord:
+    """Check one decoded record against the contract and return it typed; raise RecordRejected with the reason.
+
+    `raw` is the record's JSON as received; without it (a page only the tolerant decoder reads, whose records
+    cannot be cut out of it) the record is encoded again for storage."""
     property_id = property_id_of(record)
     for nested in NESTED_OBJECTS:
         value = record.get(nested)
@@ -199,10 +266,122 @@ def validate_record(record: Any) -> PropertyRecord:
             append(value)
         else:
             append(_convert(kind, value, label))
-    raw_json = encode_for_storage(record)
-    if raw_json is None:
-        raise RecordRejected(f"record cannot be stored as JSON: {describe_unstorable(record)}")
-    # PostgreSQL text and jsonb cannot hold U+0000; refuse it on every database alike.
-    if "\\u0000" in raw_json:
-        raise RecordRejected("record holds a NUL character (\\u0000), which the database cannot store")
-    return PropertyRecord(property_id, tuple(values), raw_json)
+    if raw is None:
+        text = encode_for_storage(record)
+        if text is None:
+            raise RecordRejected(f"record cannot be stored as JSON: {describe_unstorable(record)}")
+        raw = text.encode()
+    else:
+        # Decoded by the tolerant decoder, the record may hold what no reader of its JSON can take.
+        problem = find_unstorable(record)
+        if problem is not None:
+            raise RecordRejected(f"record cannot be stored as JSON: {problem}")
+    _refuse_nul(raw)
+    return PropertyRecord.of(property_id, tuple(values), raw)
+
+
+# --- the compiled decoder ------------------------------------------------------------------------------------
+
+
+def _spec_type(kind: str) -> Any:
+    """The msgspec type of a kind: the contract's type and bounds, null allowed."""
+    if kind == "int32":
+        kind_type: Any = Annotated[int, Meta(ge=INT32[0], le=INT32[1])]
+    elif kind == "int64":
+        kind_type = Annotated[int, Meta(ge=INT64[0], le=INT64[1])]
+    elif kind in FLOAT_BOUNDS:
+        low, high = FLOAT_BOUNDS[kind]
+        kind_type = Annotated[float, Meta(ge=low, le=high)]
+    else:  # states and zip codes are checked after decoding (_CODES): a pattern costs a regex call per value
+        kind_type = {"text": str, "state": str, "zip": str, "bool": bool, "date": date}[kind]
+    return kind_type | None
+
+
+def _record_spec() -> tuple[type[msgspec.Struct], tuple[tuple[int, int, int], ...]]:
+    """The record as msgspec decodes it, built from FIELDS: the id, then the fields in FIELDS order, the fields of a
+    nested object as one struct; and how its decoded fields lay out in COLUMNS order (see _SEGMENTS)."""
+    top: list[tuple[str, Any, Any]] = []
+    nested: dict[str, list[tuple[str, Any, Any]]] = {}
+    for _column, path, kind in FIELDS:
+        if len(path) == 1:
+            top.append((path[0], _spec_type(kind), None))
+            continue
+        if path[0] not in nested:
+            nested[path[0]] = []
+            top.append((path[0], None, None))  # its type is set below, once its fields are known
+        nested[path[0]].append((path[1], _spec_type(kind), None))
+    fields: list[tuple[str, Any, Any]] = [
+        ("id", str | Annotated[int, Meta(ge=INT64[0], le=INT64[1])], msgspec.NODEFAULT)
+    ]
+    segments: list[tuple[int, int, int]] = []
+    for position, (name, field_type, default) in enumerate(top, start=1):
+        if name in nested:
+            struct = msgspec.defstruct(f"_{name}", nested[name], gc=False)
+            fields.append((name, struct | None, default))
+            segments.append((position, position + 1, len(nested[name])))
+        else:
+            fields.append((name, field_type, default))
+            if segments and segments[-1][2] == 0:  # extends the run of plain values before it
+                segments[-1] = (segments[-1][0], position + 1, 0)
+            else:
+                segments.append((position, position + 1, 0))
+    return msgspec.defstruct("_PropertySpec", fields, gc=False), tuple(segments)
+
+
+# The decoded struct's fields laid out in COLUMNS order: (start, stop, 0) a run of plain values, (position,
+# position + 1, width) a nested object's `width` values.
+_SPEC, _SEGMENTS = _record_spec()
+_DECODER = msgspec.json.Decoder(_SPEC)
+_astuple = msgspec.structs.astuple
+
+
+def _is_state(value: str) -> bool:
+    return len(value) == 2 and value.isascii() and value.isalpha() and value.isupper()  # STATE_PATTERN
+
+
+def _is_zip(value: str) -> bool:
+    return len(value) == 5 and value.isascii() and value.isdigit()  # ZIP_PATTERN
+
+
+# (position in COLUMNS, check) of the coded text values: the compiled path's equivalent of the patterns.
+_CODES = tuple(
+    (position, _is_state if kind == "state" else _is_zip)
+    for position, (_column, _path, kind) in enumerate(FIELDS)
+    if kind in ("state", "zip")
+)
+
+
+def _values_of(spec: Any) -> tuple[Any, ...]:
+    decoded = _astuple(spec)
+    values: tuple[Any, ...] = ()
+    for start, stop, width in _SEGMENTS:
+        if not width:
+            values += decoded[start:stop]
+        else:
+            nested = decoded[start]
+            values += (None,) * width if nested is None else _astuple(nested)
+    return values
+
+
+def read_record(raw: bytes | memoryview, *, may_hold_nul: bool = True) -> PropertyRecord:
+    """Validate one record given as its JSON bytes as received, from a page orjson reads (valid UTF-8, every number
+    a double); RecordRejected with the reason. The same answer as `validate_record` of the decoded record.
+    `may_hold_nul=False`: the page was found not to hold the escape \\u0000 at all."""
+    try:
+        spec: Any = _DECODER.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        try:
+            record = decode_payload_json(bytes(raw))
+        except PayloadJsonError as error:  # not expected in a page that decoded as a whole
+            raise RecordRejected(f"record is not valid JSON: {error}") from None
+        return validate_record(record, raw)
+    values = _values_of(spec)
+    for position, is_valid in _CODES:
+        code = values[position]
+        if code is not None and not is_valid(code):
+            return validate_record(orjson.loads(raw), raw)  # which says what is wrong with it
+    raw_id = spec.id
+    property_id = _text_id(raw_id) if type(raw_id) is str else str(raw_id)
+    if may_hold_nul:
+        _refuse_nul(raw)
+    return PropertyRecord(property_id, values, raw, content_hash(raw, values))

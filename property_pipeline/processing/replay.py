@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, select, update
+from sqlalchemy import Connection, Engine, and_, func, select, update
 
 from property_pipeline.db import status
 from property_pipeline.db.queries import file_paths
 from property_pipeline.db.schema import batch_file_status as files
-from property_pipeline.db.schema import file_properties, properties
+from property_pipeline.db.schema import file_properties, property_sightings
 from property_pipeline.errors import PayloadError, ProcessingError
-from property_pipeline.processing.loader import upsert_from_source
+from property_pipeline.processing.loader import delete_property, write_from_source
 from property_pipeline.processing.parse import PayloadFormatError, PayloadPage, read_page
 from property_pipeline.retention.archive import ArchiveError, ManifestEntry, read_members
 from property_pipeline.retention.months import month_lock
@@ -154,12 +154,12 @@ def give_new_sources(conn: Connection, file_id: int, dropped: Iterable[str], rea
     if not dropped:
         return
     sources = _sources_by_property(conn, dropped)
-    came_from_this_file = select(properties.c.property_id).where(
-        properties.c.property_id.in_(dropped), properties.c.source_file_id == file_id
+    came_from_this_file = select(property_sightings.c.property_id).where(
+        property_sightings.c.property_id.in_(dropped), property_sightings.c.source_file_id == file_id
     )
     for property_id in sorted(conn.execute(came_from_this_file).scalars()):
         if not _take_values_from_next_source(conn, property_id, sources.get(property_id, []), read_page):
-            conn.execute(delete(properties).where(properties.c.property_id == property_id))
+            delete_property(conn, property_id)
     _recompute_first_seen(conn, dropped)
 
 
@@ -216,7 +216,7 @@ def _take_values_from_next_source(
                 candidate.file_path,
             )
             continue
-        upsert_from_source(conn, record, candidate.file_id, candidate.campaign_id, candidate.captured_at)
+        write_from_source(conn, record, candidate.file_id, candidate.campaign_id, candidate.captured_at)
         return True
     return False
 
@@ -266,11 +266,11 @@ def _recompute_first_seen(conn: Connection, property_ids: Sequence[str]) -> None
     earliest = (
         select(func.min(files.c.captured_at))
         .select_from(file_properties.join(files, files.c.file_id == file_properties.c.file_id))
-        .where(file_properties.c.property_id == properties.c.property_id)
+        .where(file_properties.c.property_id == property_sightings.c.property_id)
         .scalar_subquery()
     )
     conn.execute(
-        update(properties)
-        .where(properties.c.property_id.in_(list(property_ids)))
-        .values(first_seen_at=func.coalesce(earliest, properties.c.first_seen_at))
+        update(property_sightings)
+        .where(property_sightings.c.property_id.in_(list(property_ids)))
+        .values(first_seen_at=func.coalesce(earliest, property_sightings.c.first_seen_at))
     )

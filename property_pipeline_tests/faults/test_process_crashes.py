@@ -114,7 +114,9 @@ ZYGOTE = textwrap.dedent(
                     die(note, point, file_id=file_id)
             wrap(markers, "processing_copy", after=copied)
         elif point == "mid_parse":
-            wrap(parse, "validate_record", before=lambda *a, **k: hit() and die(note, point))
+            # Each record of a page is validated from its bytes (read_record), the reference path only for pages
+            # that are not plain JSON.
+            wrap(parse, "read_record", before=lambda *a, **k: hit() and die(note, point))
         elif point == "mid_transaction_before_completed":
             def before_completed(conn, file_id, *a, **k):
                 if hit():

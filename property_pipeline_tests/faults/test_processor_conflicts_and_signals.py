@@ -238,10 +238,11 @@ def test_workers_stop_with_their_parent_and_give_back_their_files(
 SUSPENDED_PROCESS = textwrap.dedent(
     """
     import os, signal, sys
+    import psycopg
     from property_pipeline.db import status
-    from property_pipeline.processing import parse
     where = sys.argv.pop(1)
-    module, name = (status, "mark_completed") if where == "between_statements" else (parse, "validate_record")
+    # Inside the COPY: at its third row (the COPY of the file's new properties, mid-stream).
+    module, name = (status, "mark_completed") if where == "between_statements" else (psycopg.Copy, "write_row")
     real = getattr(module, name)
     calls = [0]
 

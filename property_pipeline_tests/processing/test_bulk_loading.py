@@ -15,7 +15,11 @@ from sqlalchemy.exc import OperationalError
 from property_pipeline.db.queries import row_count_mismatches
 from property_pipeline.db.schema import batch_file_status, file_properties, properties
 from property_pipeline.processing import processor as processing_engine
-from property_pipeline.processing.loader import ALL_COLUMNS, PG_COPY_TYPES, _text_array
+from property_pipeline.processing.loader import (
+    CONTENT_COLUMNS,
+    PG_CONTENT_TYPES,
+    _text_array,
+)
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.folder import PayloadRoot
@@ -75,8 +79,14 @@ def test_a_property_inserted_by_another_processor_meanwhile_sends_the_file_to_th
     # Another processor's transaction inserted race-2, from an older capture, and has not committed yet.
     other.execute(
         text(
-            "INSERT INTO properties (property_id, raw, source_file_id, campaign_id, captured_at, first_seen_at, "
-            "last_seen_at, city) VALUES ('race-2', '{\"id\": \"race-2\"}', 99, 'other', :at, :at, :at, 'Elsewhere')"
+            "INSERT INTO property_records (property_id, raw, city) "
+            "VALUES ('race-2', '{\"id\": \"race-2\"}', 'Elsewhere')"
+        )
+    )
+    other.execute(
+        text(
+            "INSERT INTO property_sightings (property_id, source_file_id, campaign_id, last_seen_at, first_seen_at) "
+            "VALUES ('race-2', 99, 'other', :at, :at)"
         ),
         {"at": BASE_TIME - timedelta(days=30)},
     )
@@ -138,18 +148,20 @@ def test_the_binary_copy_sends_each_column_as_its_type_in_the_migrated_schema(en
     if engine.dialect.name != "postgresql":
         pytest.skip("binary COPY is the PostgreSQL path")
     as_sent = {"text": "text", "int4": "integer", "int8": "bigint", "float8": "double precision"}
-    as_sent |= {"bool": "boolean", "date": "date", "timestamptz": "timestamp with time zone"}
+    as_sent |= {"bool": "boolean", "date": "date", "timestamptz": "timestamp with time zone", "bytea": "bytea"}
     with engine.connect() as conn:
         columns = dict(
             conn.execute(
                 text(
                     "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
-                    "WHERE attrelid = 'properties'::regclass AND attnum > 0 AND NOT attisdropped"
+                    "WHERE attrelid = 'property_records'::regclass AND attnum > 0 AND NOT attisdropped"
                 )
             ).all()
         )
-    for column, sent in zip(ALL_COLUMNS, PG_COPY_TYPES, strict=True):
-        expected = {"character varying": "text", "json": "text"}.get(columns[column], columns[column])
+    assert set(CONTENT_COLUMNS) == set(columns), "every column is sent"
+    for column, sent in zip(CONTENT_COLUMNS, PG_CONTENT_TYPES, strict=True):
+        # json's binary form is its text: the record's bytes as received go as they are.
+        expected = {"character varying": "text", "json": "bytea"}.get(columns[column], columns[column])
         assert as_sent[sent] == expected, f"{column}: sent as {sent}, the column is {columns[column]}"
 
 

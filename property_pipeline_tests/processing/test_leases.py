@@ -29,9 +29,9 @@ def test_a_file_slower_than_its_lease_keeps_its_claim_while_another_processor_ke
     register_unregistered(engine, root, "test")
     real_read_page = processor.read_page
 
-    def slow_read_page(body: bytes) -> Any:
+    def slow_read_page(body: bytes, **options: Any) -> Any:
         time.sleep(SLOW_SECONDS)  # outside the data transaction: only the lease protects the claim here
-        return real_read_page(body)
+        return real_read_page(body, **options)
 
     monkeypatch.setattr(processor, "read_page", slow_read_page)
     done = threading.Event()

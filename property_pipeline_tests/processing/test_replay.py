@@ -362,7 +362,8 @@ def test_a_reprocessed_month_is_not_an_old_backlog(engine: Engine, root: Payload
 
 
 def test_reprocessing_unchanged_files_writes_no_row_versions(postgres_url: str, tmp_path: Path) -> None:
-    """PostgreSQL: a reload that changes nothing leaves every property and link row as it was (same xmin)."""
+    """PostgreSQL: a reload that changes nothing leaves every property (content and sighting) and link row as it
+    was (same xmin)."""
     engine = create_db_engine(postgres_url)
     root = PayloadRoot(tmp_path / "logs")
     root.ensure_folders()
@@ -372,9 +373,14 @@ def test_reprocessing_unchanged_files_writes_no_row_versions(postgres_url: str, 
         _scenario(root)
         _load_all(engine, root)
 
-        def versions() -> tuple[list[tuple[str, str]], list[tuple[int, str, str]]]:
+        def versions() -> tuple[list[tuple[str, str, str]], list[tuple[int, str, str]]]:
             with engine.connect() as conn:
-                rows = conn.execute(text("SELECT property_id, xmin::text FROM properties ORDER BY 1")).all()
+                rows = conn.execute(
+                    text(
+                        "SELECT r.property_id, r.xmin::text, s.xmin::text FROM property_records r "
+                        "JOIN property_sightings s USING (property_id) ORDER BY 1"
+                    )
+                ).all()
                 links = conn.execute(text("SELECT file_id, property_id, xmin::text FROM file_properties ORDER BY 1, 2"))
                 return [tuple(r) for r in rows], [tuple(r) for r in links]  # type: ignore[misc]
 
