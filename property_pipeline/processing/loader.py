@@ -84,40 +84,40 @@ PG_INSERT_SIGHTINGS = (
     "SELECT id, hash, %(file)s, %(campaign)s, %(at)s, %(at)s "
     "FROM unnest(%(ids)s::text[], %(hashes)s::bytea[]) AS n(id, hash)"
 )
-# The file's sightings change where each is still as read (the arrays, in ascending id order: the id, the hash,
-# last sighting and file read, whether the sighting moves to this file, and the record's hash). A row that
-# moves takes the file's lineage; an older file only lowers the first-seen time.
+# The file's sightings change where each is still as read. Staged by a binary COPY (a temporary table, emptied at
+# each commit, no WAL): per row the id, the hash, last sighting and file read, whether the sighting moves to this
+# file, and the record's hash. A row that moves takes the file's lineage; an older file only lowers the first-seen
+# time.
+SIGHTING_STAGE_COLUMNS = ("property_id", "read_hash", "read_seen", "read_file", "moves", "content_hash")
+PG_SIGHTING_STAGE_TYPES = ("text", "bytea", "timestamptz", "int8", "bool", "bytea")
+# Every processor locks sightings in id order, so that two of them never wait on each other in a circle: the UPDATE
+# reaches property_sightings only by a nested loop over the stage in id order, probing the primary key (never by a
+# sequential, bitmap or hash-joined scan, whose order is the rows' places on disk, nor by a merge join, which
+# would walk the whole index for a few hundred rows). The settings last until PG_ANY_ORDER (or the transaction's
+# end).
+PG_STAGE_SIGHTINGS_IN_ID_ORDER = (
+    'CREATE TEMP TABLE IF NOT EXISTS sighting_stage (property_id text COLLATE "C", read_hash bytea, '
+    "read_seen timestamptz, read_file bigint, moves boolean, content_hash bytea) ON COMMIT DELETE ROWS; "
+    "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true), "
+    "set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), "
+    "set_config('jit', 'off', true)"  # the disabled paths' penalty inflates the plan's cost past the JIT's threshold
+)
+PG_COPY_SIGHTING_STAGE = f"COPY sighting_stage ({', '.join(SIGHTING_STAGE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 PG_UPDATE_SIGHTINGS = (
     "UPDATE property_sightings s SET content_hash = CASE WHEN n.moves THEN n.content_hash ELSE s.content_hash END, "
     "source_file_id = CASE WHEN n.moves THEN %(file)s ELSE s.source_file_id END, "
     "campaign_id = CASE WHEN n.moves THEN %(campaign)s ELSE s.campaign_id END, "
     "last_seen_at = CASE WHEN n.moves THEN %(at)s ELSE s.last_seen_at END, "
     "first_seen_at = LEAST(s.first_seen_at, %(at)s) "
-    "FROM unnest(%(ids)s::text[], %(read_hashes)s::bytea[], %(read_seen)s::timestamptz[], "
-    "%(read_files)s::bigint[], %(moves)s::boolean[], %(hashes)s::bytea[]) "
-    "AS n(property_id, read_hash, read_seen, read_file, moves, content_hash) "
+    "FROM (SELECT * FROM sighting_stage ORDER BY property_id) n "
     "WHERE s.property_id = n.property_id AND s.content_hash IS NOT DISTINCT FROM n.read_hash "
     "AND s.last_seen_at = n.read_seen AND s.source_file_id = n.read_file"
 )
-# Every processor locks sightings in id order, so that two of them never wait on each other in a circle: the UPDATE
-# may reach property_sightings only through its primary key (an index scan, in key order, driven by the sorted ids
-# or merged with them), never by a sequential, bitmap or hash-joined scan, whose order is the rows' places on disk.
-PG_ID_ORDER = (
-    "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true), "
-    "set_config('enable_hashjoin', 'off', true)"
-)
-PG_ANY_ORDER = "RESET enable_seqscan; RESET enable_bitmapscan; RESET enable_hashjoin"
-# INCLUDING COMPRESSION: values are compressed once, in the stage, with the column's method (lz4), and the
-# UPDATE moves them into property_records without compressing them again.
-PG_CREATE_CONTENT_STAGE = (
-    "CREATE TEMP TABLE IF NOT EXISTS content_stage (LIKE property_records INCLUDING DEFAULTS INCLUDING COMPRESSION) "
-    "ON COMMIT DELETE ROWS"
-)
-PG_COPY_CONTENT_STAGE = f"COPY content_stage ({', '.join(CONTENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-PG_UPDATE_CONTENT = (
-    f"UPDATE property_records r SET {', '.join(f'{name} = st.{name}' for name in CONTENT_COLUMNS[1:])} "
-    "FROM content_stage st WHERE r.property_id = st.property_id"
-)
+PG_ANY_ORDER = "RESET enable_seqscan; RESET enable_bitmapscan; RESET enable_hashjoin; RESET enable_mergejoin; RESET jit"
+# A changed content row is replaced: deleted, then copied in with the new values (the COPY path is the cheapest way
+# into the table; an UPDATE from a staging table would copy, compress and check every record twice). The holder
+# of the sighting's row lock is the only writer of its content row, so no one sees or takes it in between.
+PG_DELETE_CONTENT = "DELETE FROM property_records WHERE property_id = ANY(%s::text[])"
 PG_LINKS = "INSERT INTO file_properties (file_id, property_id) SELECT %s, unnest(%s::text[])"
 PG_SAVEPOINT = "SAVEPOINT load_records"
 PG_ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT load_records"
@@ -283,10 +283,7 @@ def _load_postgresql(conn: Connection, payload: PayloadFile, records: Sequence[P
 def _write_postgresql(cursor: Any, plan: _Plan, payload: PayloadFile, new_ids: str | None) -> None:
     """`new_ids`: the new records' ids as a text[] literal when already built (every record is new)."""
     if plan.new:
-        with cursor.copy(PG_COPY_CONTENT) as copy:
-            copy.set_types(PG_CONTENT_TYPES)
-            for record in plan.new:
-                copy.write_row((record.property_id, *record.values, record.raw))
+        _copy_content(cursor, plan.new)
         cursor.execute(
             PG_INSERT_SIGHTINGS,
             {
@@ -298,30 +295,26 @@ def _write_postgresql(cursor: Any, plan: _Plan, payload: PayloadFile, new_ids: s
             },
         )
     if plan.sightings:
-        ids, read_hashes, read_seen, read_files, moves, hashes = zip(*plan.sightings, strict=True)
-        arrays = {
-            "ids": _text_array(ids),
-            "read_hashes": list(read_hashes),
-            "read_seen": list(read_seen),
-            "read_files": list(read_files),
-            "moves": list(moves),
-            "hashes": list(hashes),
-        }
-        cursor.execute(PG_ID_ORDER)
-        cursor.execute(
-            PG_UPDATE_SIGHTINGS,
-            {**arrays, "file": payload.file_id, "campaign": payload.campaign_id, "at": payload.captured_at},
-        )
+        cursor.execute(PG_STAGE_SIGHTINGS_IN_ID_ORDER)
+        with cursor.copy(PG_COPY_SIGHTING_STAGE) as copy:
+            copy.set_types(PG_SIGHTING_STAGE_TYPES)
+            for row in plan.sightings:
+                copy.write_row(row)
+        lineage = {"file": payload.file_id, "campaign": payload.campaign_id, "at": payload.captured_at}
+        cursor.execute(PG_UPDATE_SIGHTINGS, lineage)
         if cursor.rowcount != len(plan.sightings):
             raise LoadRace
         cursor.execute(PG_ANY_ORDER)
     if plan.contents:
-        cursor.execute(PG_CREATE_CONTENT_STAGE)
-        with cursor.copy(PG_COPY_CONTENT_STAGE) as copy:
-            copy.set_types(PG_CONTENT_TYPES)
-            for record in plan.contents:
-                copy.write_row((record.property_id, *record.values, record.raw))
-        cursor.execute(PG_UPDATE_CONTENT)
+        cursor.execute(PG_DELETE_CONTENT, (_text_array([record.property_id for record in plan.contents]),))
+        _copy_content(cursor, plan.contents)
+
+
+def _copy_content(cursor: Any, records: Sequence[PropertyRecord]) -> None:
+    with cursor.copy(PG_COPY_CONTENT) as copy:
+        copy.set_types(PG_CONTENT_TYPES)
+        for record in records:
+            copy.write_row((record.property_id, *record.values, record.raw))
 
 
 def _pg_sighting(row: tuple[Any, ...]) -> _Sighting:

@@ -91,6 +91,9 @@ def upgrade() -> None:
         sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("property_id", name="pk_property_sightings"),
+        # Half of each page left free: a sighting that moves is rewritten on its own page (a HOT update, no new
+        # index entry, less WAL), month after month. The table is narrow; doubling it costs little.
+        postgresql_with={"fillfactor": 50},
     )
     op.execute(FILL_SIGHTINGS)
     for name in LINEAGE:
