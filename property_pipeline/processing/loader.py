@@ -28,10 +28,11 @@ rows replaced.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -57,7 +58,7 @@ SIGHTING_COLUMNS = ("property_id", "content_hash", "source_file_id", "campaign_i
 # --- PostgreSQL ---------------------------------------------------------------------------------------------
 
 PG_SIGHTINGS_OF = (
-    "SELECT property_id, content_hash, last_seen_at, source_file_id, campaign_id, first_seen_at "
+    "SELECT property_id, content_hash, last_seen_at, source_file_id, first_seen_at "
     "FROM property_sightings WHERE property_id = ANY(%s::text[])"
 )
 # Binary COPY: the client sends values as they are in memory instead of formatting each as text, which is most
@@ -126,7 +127,7 @@ PG_RELEASE_SAVEPOINT = "RELEASE SAVEPOINT load_records"
 # --- SQLite -------------------------------------------------------------------------------------------------
 
 SQLITE_SIGHTINGS_OF = (
-    "SELECT property_id, content_hash, last_seen_at, source_file_id, campaign_id, first_seen_at "
+    "SELECT property_id, content_hash, last_seen_at, source_file_id, first_seen_at "
     "FROM property_sightings WHERE property_id IN (SELECT value FROM json_each(?))"
 )
 # The record's bytes are stored as text, as received (the page was checked to be UTF-8).
@@ -161,16 +162,14 @@ class LoadRace(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Sighting:
-    """A property's sighting as read; `last_seen_at` and `first_seen_at` as the driver gave them (the checks
-    hand them back to the database as they are)."""
+    """A property's sighting as read; `last_seen_at` as the driver gave it (the checks hand it back to the
+    database as it is)."""
 
     content_hash: bytes | None
     last_seen_at: Any
     source_file_id: int
-    campaign_id: str
-    first_seen_at: Any
     seen: datetime  # last_seen_at as an aware datetime
-    first: datetime
+    first: datetime  # first_seen_at, the same
 
 
 @dataclass
@@ -192,7 +191,7 @@ def _plan(records: Sequence[PropertyRecord], known: dict[str, _Sighting], payloa
     for record in records:
         seen = known.get(record.property_id)
         if seen is None:
-            plan.new.append(record)
+            plan.new.append(record.with_values())
             continue
         read = (record.property_id, seen.content_hash, seen.last_seen_at, seen.source_file_id)
         last = (seen.seen, seen.source_file_id)
@@ -202,7 +201,7 @@ def _plan(records: Sequence[PropertyRecord], known: dict[str, _Sighting], payloa
                 continue  # the file the row came from, loaded again with nothing changed: nothing to write
             plan.sightings.append((*read, True, record.content_hash))
             if changed:
-                plan.contents.append(record)
+                plan.contents.append(record.with_values())
         elif payload.captured_at < seen.first:
             plan.sightings.append((*read, False, record.content_hash))
     return plan
@@ -218,20 +217,25 @@ def load_records(conn: Connection, payload: PayloadFile, page: PayloadPage) -> f
     # A reload (a reprocess, or a retry after a reload failed) replaces the file's quarantine, and its links
     # only where they changed: a link kept is not written again.
     previous = _previous_load(conn, payload.file_id) if payload.attempts > 1 else frozenset()
-    records = page.records(by_id=True)
     dialect = conn.dialect.name
     with _driver_errors_as_sqlalchemy(conn, f"bulk load of file {payload.file_id}"):
         if dialect == "postgresql":
-            ids = _text_array([record.property_id for record in records])
-            _load_postgresql(conn, payload, records, ids)
-            links = (
-                ids if not previous else _text_array([r.property_id for r in records if r.property_id not in previous])
-            )
             with _driver(conn).cursor() as cursor:
-                cursor.execute(PG_LINKS, (payload.file_id, links))
+                records, known = _validated(page, partial(_pg_sightings_of, cursor))
+                ids = _text_array([record.property_id for record in records])
+                _load_postgresql(cursor, payload, records, known, ids)
+                if previous:
+                    ids = _text_array([r.property_id for r in records if r.property_id not in previous])
+                cursor.execute(PG_LINKS, (payload.file_id, ids))
         elif dialect == "sqlite":
-            _load_sqlite(conn, payload, records)
-            _link_sqlite(conn, payload.file_id, [r.property_id for r in records if r.property_id not in previous])
+            cursor = _driver(conn).cursor()
+            try:
+                records, known = _validated(page, partial(_sqlite_sightings_of, cursor))
+                _load_sqlite(cursor, payload, records, known)
+                links = [(payload.file_id, r.property_id) for r in records if r.property_id not in previous]
+                cursor.executemany(SQLITE_LINK, links)
+            finally:
+                cursor.close()
         else:
             raise NotImplementedError(f"database {dialect!r} is not supported (use SQLite or PostgreSQL)")
     dropped = previous.difference(record.property_id for record in records) if previous else frozenset()
@@ -260,23 +264,49 @@ def load_records(conn: Connection, payload: PayloadFile, page: PayloadPage) -> f
     return dropped
 
 
-def _load_postgresql(conn: Connection, payload: PayloadFile, records: Sequence[PropertyRecord], ids: str) -> None:
-    """`ids`: the records' ids as one text[] literal."""
-    with _driver(conn).cursor() as cursor:
-        # Each race lost means another processor committed a change to one of the file's properties, which the
-        # next read sees: at most one attempt per record, and in practice one or two.
-        for _attempt in range(len(records) + 1):
+def _validated(
+    page: PayloadPage, sightings_of: Callable[[Sequence[str]], dict[str, _Sighting]]
+) -> tuple[list[PropertyRecord], dict[str, _Sighting]]:
+    """The page's valid records in id order, and the sightings of their properties as read now.
+
+    The sightings of the ids the records most likely have are read first, so that a record whose bytes are the
+    very ones its property's row was loaded from is taken as it is, not decoded again (parse.py); the ids no
+    guess covered are read after validation."""
+    guesses = page.id_guesses()
+    known = sightings_of(guesses) if guesses else {}
+    stored = {property_id: sighting.content_hash for property_id, sighting in known.items()}
+    records = page.records(by_id=True, stored=stored)
+    guessed = set(guesses)
+    unread = [record.property_id for record in records if record.property_id not in guessed]
+    if unread:
+        known.update(sightings_of(unread))
+    return records, known
+
+
+def _pg_sightings_of(cursor: Any, property_ids: Sequence[str]) -> dict[str, _Sighting]:
+    cursor.execute(PG_SIGHTINGS_OF, (_text_array(property_ids),))
+    return {row[0]: _pg_sighting(row) for row in cursor.fetchall()}
+
+
+def _load_postgresql(
+    cursor: Any, payload: PayloadFile, records: Sequence[PropertyRecord], known: dict[str, _Sighting], ids: str
+) -> None:
+    """`known`: the records' sightings as read; `ids`: the records' ids as one text[] literal."""
+    # Each race lost means another processor committed a change to one of the file's properties, which the next
+    # read sees: at most one attempt per record, and in practice one or two.
+    for attempt in range(len(records) + 1):
+        if attempt:
             cursor.execute(PG_SIGHTINGS_OF, (ids,))
-            known = {row[0]: _pg_sighting(row) for row in cursor}
-            plan = _plan(records, known, payload)
-            cursor.execute(PG_SAVEPOINT)
-            try:
-                _write_postgresql(cursor, plan, payload, ids if not known else None)
-            except (psycopg.errors.UniqueViolation, LoadRace):
-                cursor.execute(PG_ROLLBACK_TO_SAVEPOINT)
-                continue
-            cursor.execute(PG_RELEASE_SAVEPOINT)
-            return
+            known = {row[0]: _pg_sighting(row) for row in cursor.fetchall()}
+        plan = _plan(records, known, payload)
+        cursor.execute(PG_SAVEPOINT)
+        try:
+            _write_postgresql(cursor, plan, payload, ids if not known else None)
+        except (psycopg.errors.UniqueViolation, LoadRace):
+            cursor.execute(PG_ROLLBACK_TO_SAVEPOINT)
+            continue
+        cursor.execute(PG_RELEASE_SAVEPOINT)
+        return
     raise AssertionError("every read was current, yet the load kept finding its properties changed")
 
 
@@ -288,7 +318,7 @@ def _write_postgresql(cursor: Any, plan: _Plan, payload: PayloadFile, new_ids: s
             PG_INSERT_SIGHTINGS,
             {
                 "ids": new_ids or _text_array([record.property_id for record in plan.new]),
-                "hashes": [record.content_hash for record in plan.new],
+                "hashes": _bytea_array([record.content_hash for record in plan.new]),
                 "file": payload.file_id,
                 "campaign": payload.campaign_id,
                 "at": payload.captured_at,
@@ -314,53 +344,52 @@ def _copy_content(cursor: Any, records: Sequence[PropertyRecord]) -> None:
     with cursor.copy(PG_COPY_CONTENT) as copy:
         copy.set_types(PG_CONTENT_TYPES)
         for record in records:
-            copy.write_row((record.property_id, *record.values, record.raw))
+            copy.write_row((record.property_id, *record.typed_values(), record.raw))
 
 
 def _pg_sighting(row: tuple[Any, ...]) -> _Sighting:
-    _id, content_hash, last_seen_at, source_file_id, campaign_id, first_seen_at = row
-    return _Sighting(
-        content_hash, last_seen_at, source_file_id, campaign_id, first_seen_at, last_seen_at, first_seen_at
-    )
+    return _Sighting(row[1], row[2], row[3], row[2], row[4])
 
 
-def _load_sqlite(conn: Connection, payload: PayloadFile, records: Sequence[PropertyRecord]) -> None:
+def _sqlite_sightings_of(cursor: Any, property_ids: Sequence[str]) -> dict[str, _Sighting]:
+    cursor.execute(SQLITE_SIGHTINGS_OF, (_json_array(property_ids),))
+    return {row[0]: _sqlite_sighting(row) for row in cursor.fetchall()}
+
+
+def _load_sqlite(
+    cursor: Any, payload: PayloadFile, records: Sequence[PropertyRecord], known: dict[str, _Sighting]
+) -> None:
     """SQLite has one writer and the file's transaction holds it (BEGIN IMMEDIATE): the sightings read are
     current, and the checks of the updates always pass."""
     at = _sqlite_time(payload.captured_at)
-    cursor = _driver(conn).cursor()
-    try:
-        cursor.execute(SQLITE_SIGHTINGS_OF, (_json_array([record.property_id for record in records]),))
-        plan = _plan(records, {row[0]: _sqlite_sighting(row) for row in cursor.fetchall()}, payload)
-        if plan.new:
-            cursor.executemany(SQLITE_INSERT_CONTENT, [_sqlite_content(record) for record in plan.new])
-            cursor.executemany(
-                SQLITE_INSERT_SIGHTING,
-                [(r.property_id, r.content_hash, payload.file_id, payload.campaign_id, at, at) for r in plan.new],
-            )
-        if plan.sightings:
-            lineage = (payload.file_id, payload.campaign_id, at)
-            cursor.executemany(SQLITE_UPDATE_SIGHTING, [(*sighting, *lineage) for sighting in plan.sightings])
-            if cursor.rowcount != len(plan.sightings):
-                raise AssertionError("a SQLite sighting changed under the writer's own transaction")
-        if plan.contents:
-            cursor.executemany(
-                SQLITE_UPDATE_CONTENT,
-                [(*_sqlite_content(record)[1:], record.property_id) for record in plan.contents],
-            )
-    finally:
-        cursor.close()
+    plan = _plan(records, known, payload)
+    if plan.new:
+        cursor.executemany(SQLITE_INSERT_CONTENT, [_sqlite_content(record) for record in plan.new])
+        cursor.executemany(
+            SQLITE_INSERT_SIGHTING,
+            [(r.property_id, r.content_hash, payload.file_id, payload.campaign_id, at, at) for r in plan.new],
+        )
+    if plan.sightings:
+        lineage = (payload.file_id, payload.campaign_id, at)
+        cursor.executemany(SQLITE_UPDATE_SIGHTING, [(*sighting, *lineage) for sighting in plan.sightings])
+        if cursor.rowcount != len(plan.sightings):
+            raise AssertionError("a SQLite sighting changed under the writer's own transaction")
+    if plan.contents:
+        cursor.executemany(
+            SQLITE_UPDATE_CONTENT,
+            [(*_sqlite_content(record)[1:], record.property_id) for record in plan.contents],
+        )
 
 
 def _sqlite_sighting(row: tuple[Any, ...]) -> _Sighting:
-    _id, content_hash, last_seen_at, source_file_id, campaign_id, first_seen_at = row
+    _id, content_hash, last_seen_at, source_file_id, first_seen_at = row
     seen, first = as_utc(last_seen_at), as_utc(first_seen_at)
     assert seen is not None and first is not None
-    return _Sighting(content_hash, last_seen_at, source_file_id, campaign_id, first_seen_at, seen, first)
+    return _Sighting(content_hash, last_seen_at, source_file_id, seen, first)
 
 
 def _sqlite_content(record: PropertyRecord) -> tuple[Any, ...]:
-    values = list(record.values)
+    values = list(record.typed_values())
     for position in _DATE_POSITIONS:
         if values[position] is not None:
             values[position] = values[position].isoformat()
@@ -370,14 +399,6 @@ def _sqlite_content(record: PropertyRecord) -> tuple[Any, ...]:
 def _sqlite_time(moment: datetime) -> str:
     # The text format SQLAlchemy's SQLite DateTime uses, so Core queries read these rows back.
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-
-
-def _link_sqlite(conn: Connection, file_id: int, property_ids: Sequence[str]) -> None:
-    cursor = _driver(conn).cursor()
-    try:
-        cursor.executemany(SQLITE_LINK, [(file_id, property_id) for property_id in property_ids])
-    finally:
-        cursor.close()
 
 
 @contextmanager
@@ -408,7 +429,7 @@ def write_from_source(
     # The record's text goes in as it is (as a bulk load puts it), not serialized again as a JSON value.
     raw_text = literal(record.raw_json, Text)
     raw = cast(raw_text, JSON) if conn.dialect.name == "postgresql" else raw_text
-    content = {"raw": raw, **dict(zip(COLUMNS, record.values, strict=True))}
+    content = {"raw": raw, **dict(zip(COLUMNS, record.typed_values(), strict=True))}
     # The sighting first: its row lock is what every writer of the property's rows holds.
     written = conn.execute(
         update(property_sightings).where(property_sightings.c.property_id == record.property_id).values(**sighting)
@@ -466,7 +487,15 @@ def _text_array(values: Sequence[str]) -> str:
 
     One string parameter instead of a list that the driver adapts element by element (a tenth of the time).
     """
-    return "{" + ",".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values) + "}"
+    joined = '","'.join(values)
+    if "\\" in joined or joined.count('"') != 2 * (len(values) - 1):  # an id holds a backslash or a quote
+        joined = '","'.join(value.replace("\\", "\\\\").replace('"', '\\"') for value in values)
+    return '{"' + joined + '"}' if values else "{}"
+
+
+def _bytea_array(values: Sequence[bytes]) -> str:
+    """A PostgreSQL bytea[] literal of hex values: one string parameter, like `_text_array`."""
+    return '{"\\\\x' + '","\\\\x'.join(value.hex() for value in values) + '"}' if values else "{}"
 
 
 def _json_array(values: Sequence[str]) -> str:

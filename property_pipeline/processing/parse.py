@@ -11,6 +11,7 @@ shape takes the reference path: decoded whole, each record checked by `validate_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,13 @@ import orjson
 
 from property_pipeline.errors import PayloadError
 from property_pipeline.payload_json import PayloadJsonError, decode_payload, escaped_text, quarantine_text
-from property_pipeline.processing.records import PropertyRecord, RecordRejected, read_record, validate_record
+from property_pipeline.processing.records import (
+    PropertyRecord,
+    RecordRejected,
+    content_hash,
+    read_record,
+    validate_record,
+)
 
 MAX_REJECTED_RAW_CHARS = 100_000
 
@@ -86,6 +93,7 @@ class PayloadPage:
         self.rejected: list[RejectedRecord] = []
         self.accepted = 0
         self._valid: list[PropertyRecord] | None = None
+        self._guessed: list[str | None] | None = None
 
     @property
     def properties_count(self) -> int:
@@ -94,20 +102,39 @@ class PayloadPage:
     def validate_all(self) -> None:
         """Validate every record now (a processor reading ahead does it while the previous file commits)."""
         if self._valid is None:
-            self._valid = self._validated()
+            self._valid = self._validated({})
 
-    def records(self, *, by_id: bool = False) -> list[PropertyRecord]:
-        """The valid records, in file order or ordered by id; the first valid one of an id wins either way."""
-        self.validate_all()
-        assert self._valid is not None
+    def records(self, *, by_id: bool = False, stored: Mapping[str, bytes | None] | None = None) -> list[PropertyRecord]:
+        """The valid records, in file order or ordered by id; the first valid one of an id wins either way.
+
+        `stored`: the content hash of the rows the database holds, by property id (from `id_guesses`). A record
+        whose bytes hash to its property's stored hash is the very record that row was loaded from, under the same
+        rules: it is valid and is not decoded again (its `values` are None)."""
+        if self._valid is None:
+            self._valid = self._validated(stored or {})
         return sorted(self._valid, key=_property_id) if by_id else list(self._valid)
 
-    def _validated(self) -> list[PropertyRecord]:
+    def id_guesses(self) -> list[str]:
+        """The property ids the records most likely have, read cheaply from their bytes (for looking up what the
+        database holds before validating). A guess is never trusted: a record is only taken as stored when its
+        whole bytes hash to the stored row's hash. Records whose id cannot be guessed are left out."""
+        return [guess for guess in self._guesses() if guess is not None]
+
+    def _guesses(self) -> list[str | None]:
+        """Each record's guessed id (None: not guessed), in file order, read once."""
+        if self._guessed is None:
+            self._guessed = [_guess_id(memoryview(item)) for item in self._items] if self._cut else []
+        return self._guessed
+
+    def _validated(self, stored: Mapping[str, bytes | None]) -> list[PropertyRecord]:
         valid: list[PropertyRecord] = []
         first_index: dict[str, int] = {}
+        guesses = self._guesses() if stored else []
         for index, item in enumerate(self._items):
             try:
-                record = self._validate(item)
+                record = self._unchanged(item, guesses[index], stored) if stored else None
+                if record is None:
+                    record = self._validate(item)
             except RecordRejected as reason:
                 self.rejected.append(self._rejection(index, item, str(reason)))
                 continue
@@ -120,6 +147,17 @@ class PayloadPage:
             valid.append(record)
         self.accepted = len(valid)
         return valid
+
+    def _unchanged(
+        self, item: Any, property_id: str | None, stored: Mapping[str, bytes | None]
+    ) -> PropertyRecord | None:
+        """The record as stored (not decoded), when its bytes are those its property's row was loaded from."""
+        stored_hash = None if property_id is None else stored.get(property_id)
+        if stored_hash is None or property_id is None:
+            return None
+        raw = memoryview(item)
+        raw_hash = content_hash(raw)
+        return PropertyRecord(property_id, None, raw, raw_hash) if raw_hash == stored_hash else None
 
     def _validate(self, item: Any) -> PropertyRecord:
         if not self._cut:
@@ -138,6 +176,25 @@ class PayloadPage:
 
 def _property_id(record: PropertyRecord) -> str:
     return record.property_id
+
+
+_ID_TEXT = b'{"id":"'
+_ID_NUMBER = b'{"id":'
+_GUESS_BYTES = 300  # an id is at most 256 characters
+
+
+def _guess_id(raw: memoryview) -> str | None:
+    """The id of a record that starts `{"id":"...` or `{"id":123`, as the API writes them; None otherwise."""
+    head = bytes(raw[:_GUESS_BYTES])
+    if head.startswith(_ID_TEXT):
+        end = head.find(b'"', len(_ID_TEXT))
+        if end < 0 or b"\\" in head[len(_ID_TEXT) : end]:
+            return None
+        return head[len(_ID_TEXT) : end].decode("utf-8", "replace")
+    if head.startswith(_ID_NUMBER):
+        digits = head[len(_ID_NUMBER) :].split(b",", 1)[0].split(b"}", 1)[0]
+        return digits.decode() if digits.isdigit() or (digits[:1] == b"-" and digits[1:].isdigit()) else None
+    return None
 
 
 def _decoded(raw: memoryview) -> Any:

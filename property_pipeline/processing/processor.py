@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import BinaryIO
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from property_pipeline.db import status
@@ -55,6 +55,12 @@ class Outcome(StrEnum):
 # many times (with a growing, jittered pause) before the file is given back for a later run.
 LOCK_TIMEOUT_SECONDS = 10
 CONFLICT_ATTEMPTS = 4
+# Run once per file, so written as SQL: building the same expression each time cost more than running it.
+PG_BOUNDED_WAITS = (
+    "SELECT set_config('lock_timeout', %(lock)s, true), "
+    "set_config('idle_in_transaction_session_timeout', %(idle)s, true), "
+    "set_config('statement_timeout', %(statement)s, true)"
+)
 # SQLSTATEs of a transaction that lost to a concurrent one: deadlock, serialization failure, lock timeout.
 CONFLICT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 # The heartbeat renews a claim this many times per lease, so that one late renewal never loses it.
@@ -497,12 +503,13 @@ class PayloadProcessor:
         its row locks never hold the other processors up for good."""
         if conn.dialect.name != "postgresql":
             return
-        conn.execute(
-            select(
-                func.set_config("lock_timeout", f"{LOCK_TIMEOUT_SECONDS}s", True),
-                func.set_config("idle_in_transaction_session_timeout", f"{self.lease_seconds}s", True),
-                func.set_config("statement_timeout", f"{self.statement_timeout_seconds}s", True),
-            )
+        conn.exec_driver_sql(
+            PG_BOUNDED_WAITS,
+            {
+                "lock": f"{LOCK_TIMEOUT_SECONDS}s",
+                "idle": f"{self.lease_seconds}s",
+                "statement": f"{self.statement_timeout_seconds}s",
+            },
         )
 
     def _fail(self, payload: PayloadFile, message: str, started: float) -> FileOutcome:

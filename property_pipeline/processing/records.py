@@ -19,6 +19,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from importlib.metadata import version
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
@@ -86,17 +88,31 @@ FIELDS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 COLUMNS: tuple[str, ...] = tuple(column for column, _, _ in FIELDS)
 NESTED_OBJECTS = ("address", "mailAddress")
 
-# The values of a row as hashed: msgpack of the typed values (dates as ISO text).
-_VALUES_ENCODER = msgspec.msgpack.Encoder()
+
+def _rules_fingerprint() -> int:
+    """What a row's content is a function of, besides the record's bytes: this module (the contract's fields and
+    how they are validated and converted) and the decoder's version. Any change to either gives every record a
+    new content hash, so a re-capture after an upgrade loads every row again once."""
+    try:
+        source = Path(__file__).read_bytes()
+    except OSError:  # installed without its source: the package's version stands for it
+        source = version("property_pipeline").encode()
+    return xxhash.xxh3_64_intdigest(source + msgspec.__version__.encode())
+
+
+RULES_FINGERPRINT = _rules_fingerprint()
 
 
 @dataclass(frozen=True, slots=True)
 class PropertyRecord:
     """A record that passed validation: its id, typed column values (in `COLUMNS` order), its JSON text as
-    received, and the hash of both (what the row holds: two records with the same hash load the same row)."""
+    received, and its content hash (two records with the same hash load the same row).
+
+    `values` is None for a record accepted as the very bytes its property's row was loaded from, under the same
+    rules (parse.py): the row already holds its values, and `with_values` decodes them when they are needed."""
 
     property_id: str
-    values: tuple[Any, ...]
+    values: tuple[Any, ...] | None
     raw: bytes | memoryview
     content_hash: bytes
 
@@ -106,14 +122,24 @@ class PropertyRecord:
 
     @classmethod
     def of(cls, property_id: str, values: tuple[Any, ...], raw: bytes | memoryview) -> PropertyRecord:
-        return cls(property_id, values, raw, content_hash(raw, values))
+        return cls(property_id, values, raw, content_hash(raw))
+
+    def with_values(self) -> PropertyRecord:
+        """This record with its typed values decoded (itself when they are)."""
+        return self if self.values is not None else read_record(self.raw)
+
+    def typed_values(self) -> tuple[Any, ...]:
+        """The typed values, decoded now if they were not."""
+        values = self.with_values().values
+        assert values is not None
+        return values
 
 
-def content_hash(raw: bytes | memoryview, values: tuple[Any, ...]) -> bytes:
-    """XXH3-128 of a row's content: the record's bytes, then its typed values. Rows are only ever compared with the
-    row of the same property, so a 128-bit hash makes a false "unchanged" a 2^-128 event per comparison; the
-    values are in it so that a changed validation rule changes the hash even where the bytes did not."""
-    return xxhash.xxh3_128_digest(_VALUES_ENCODER.encode(values), seed=xxhash.xxh3_64_intdigest(raw))
+def content_hash(raw: bytes | memoryview) -> bytes:
+    """XXH3-128 of a row's content: the record's bytes as received, seeded with the rules that turn them into a row
+    (RULES_FINGERPRINT). Rows are only ever compared with the row of the same property, so a 128-bit hash makes a
+    false "unchanged" a 2^-128 event per comparison."""
+    return xxhash.xxh3_128_digest(raw, seed=RULES_FINGERPRINT)
 
 
 # --- the reference validator -----------------------------------------------------------------------------
@@ -384,4 +410,4 @@ def read_record(raw: bytes | memoryview, *, may_hold_nul: bool = True) -> Proper
     property_id = _text_id(raw_id) if type(raw_id) is str else str(raw_id)
     if may_hold_nul:
         _refuse_nul(raw)
-    return PropertyRecord(property_id, values, raw, content_hash(raw, values))
+    return PropertyRecord(property_id, values, raw, content_hash(raw))

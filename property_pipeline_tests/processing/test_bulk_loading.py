@@ -18,6 +18,7 @@ from property_pipeline.processing import processor as processing_engine
 from property_pipeline.processing.loader import (
     CONTENT_COLUMNS,
     PG_CONTENT_TYPES,
+    _bytea_array,
     _text_array,
 )
 from property_pipeline.processing.processor import PayloadProcessor
@@ -171,6 +172,17 @@ def test_ids_with_quotes_backslashes_and_commas_survive_the_array_literal(engine
     ids = ["plain", 'quo"te', "back\\slash", "a,b", "{braces}", " spaced ", "NULL", "Ω-ünï", "x" * 256]
     with engine.connect() as conn:
         assert conn.execute(text("SELECT CAST(:ids AS text[])"), {"ids": _text_array(ids)}).scalar() == ids
+
+
+def test_hashes_survive_the_bytea_array_literal(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL bytea[] literal")
+    hashes = [bytes(range(16)), b'\\"{},x' * 2, b"\xff" * 16]
+    with engine.connect() as conn:
+        assert (
+            conn.execute(text("SELECT CAST(:hashes AS bytea[])"), {"hashes": _bytea_array(hashes)}).scalar() == hashes
+        )
+        assert conn.execute(text("SELECT CAST(:hashes AS bytea[])"), {"hashes": _bytea_array([])}).scalar() == []
 
 
 def test_link_rows_match_what_each_file_delivered(engine: Engine, root: PayloadRoot) -> None:

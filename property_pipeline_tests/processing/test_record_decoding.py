@@ -15,6 +15,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from property_pipeline.processing import parse
+from property_pipeline.processing import records as record_rules
 from property_pipeline.processing.parse import read_page
 from property_pipeline.processing.records import (
     PropertyRecord,
@@ -76,11 +78,36 @@ def test_a_record_is_kept_as_received_not_re_encoded() -> None:
     assert record.values[15] == 100_000  # estimated_value, from 1.0E5
 
 
-def test_the_content_hash_covers_the_values_as_well_as_the_bytes() -> None:
-    record = read_record(orjson.dumps(make_record("x")))
-    assert record.content_hash == content_hash(record.raw, record.values)
-    changed = (*record.values[:3], "ELSEWHERE", *record.values[4:])
-    assert content_hash(record.raw, changed) != record.content_hash, "a new rule on the same bytes is a change"
+def test_the_content_hash_covers_the_bytes_and_the_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = orjson.dumps(make_record("x"))
+    record = read_record(body)
+    assert record.content_hash == content_hash(body) == read_record(body).content_hash
+    assert content_hash(body.replace(b"Austin", b"Boston")) != record.content_hash
+    monkeypatch.setattr(record_rules, "RULES_FINGERPRINT", record_rules.RULES_FINGERPRINT + 1)  # records.py changed
+    assert content_hash(body) != record.content_hash, "the same bytes under new rules are a change"
+
+
+def test_a_record_stored_from_the_same_bytes_is_taken_without_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    same, changed, new = make_record("same"), make_record("changed"), make_record(7)
+    body = make_page([same, make_record("changed", bedrooms=9), new, same])
+    page = read_page(body, plain=True)
+    assert page.id_guesses() == ["same", "changed", "7", "same"]
+    stored = {"same": content_hash(orjson.dumps(same)), "changed": content_hash(orjson.dumps(changed))}
+    decoded: list[bytes] = []
+    real_read_record = parse.read_record
+
+    def counting(raw: memoryview, **options: object) -> object:
+        decoded.append(bytes(raw))
+        return real_read_record(raw, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(parse, "read_record", counting)
+    taken = page.records(stored=stored)
+    assert [(r.property_id, r.values is None) for r in taken] == [("same", True), ("changed", False), ("7", False)]
+    assert [(item.record_index, item.reason) for item in page.rejected] == [
+        (3, "duplicate id in the file (first at index 0)")
+    ]
+    assert len(decoded) == 2, "only the changed and the new record were decoded"
+    assert taken[0].typed_values() == read_record(orjson.dumps(same)).values
 
 
 @pytest.mark.parametrize("plain", [True, False])
