@@ -228,7 +228,13 @@ def sqlite_executemany(arguments: dict[str, Any]) -> dict[str, Any]:
     """One transaction, one `executemany` INSERT of every row into the empty one-table `properties` (`table`)."""
     connection = sqlite3.connect(arguments["db_path"], isolation_level=None)
     # The connection settings create_db_engine gives the pipeline.
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=20000", "foreign_keys=ON"):
+    for pragma in (
+        "journal_mode=WAL",
+        "synchronous=NORMAL",
+        "wal_autocheckpoint=20000",
+        "cache_size=-65536",
+        "foreign_keys=ON",
+    ):
         connection.execute(f"PRAGMA {pragma}")
     table = arguments["table"]
     statement = f"INSERT INTO {table} ({', '.join(ALL_COLUMNS)}) VALUES ({', '.join('?' for _ in ALL_COLUMNS)})"

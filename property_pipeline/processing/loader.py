@@ -272,7 +272,8 @@ def _validated(
     The sightings of the ids the records most likely have are read first, so that a record whose bytes are the
     very ones its property's row was loaded from is taken as it is, not decoded again (parse.py); the ids no
     guess covered are read after validation."""
-    guesses = page.id_guesses()
+    # A page validated already (read ahead while the previous file committed) has nothing left to skip.
+    guesses = [] if page.validated else page.id_guesses()
     known = sightings_of(guesses) if guesses else {}
     stored = {property_id: sighting.content_hash for property_id, sighting in known.items()}
     records = page.records(by_id=True, stored=stored)

@@ -99,6 +99,11 @@ class PayloadPage:
     def properties_count(self) -> int:
         return len(self._items)
 
+    @property
+    def validated(self) -> bool:
+        """True once the records were validated (by `validate_all` or `records`)."""
+        return self._valid is not None
+
     def validate_all(self) -> None:
         """Validate every record now (a processor reading ahead does it while the previous file commits)."""
         if self._valid is None:
