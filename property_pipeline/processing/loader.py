@@ -28,6 +28,7 @@ rows replaced.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -150,10 +151,23 @@ SQLITE_UPDATE_CONTENT = (
     "raw = CAST(? AS TEXT) WHERE property_id = ?"
 )
 SQLITE_LINK = "INSERT INTO file_properties (file_id, property_id) VALUES (?, ?)"
+SQLITE_SAVEPOINT = "SAVEPOINT load_records"
+SQLITE_ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT load_records"
+SQLITE_RELEASE_SAVEPOINT = "RELEASE SAVEPOINT load_records"
 
 # SQLite: dates go in as ISO text (what SQLAlchemy's Date reads back); booleans are stored as 1 and 0 as
 # they are. Only the date columns need converting.
 _DATE_POSITIONS = tuple(position for position, (_column, _path, kind) in enumerate(FIELDS) if kind == "date")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a file's load found: the ids an earlier load of the file delivered and this one no longer does
+    (always empty on a first load; their rows may need another source, see processing/replay.py), and whether
+    every record was a property the database did not hold."""
+
+    dropped: frozenset[str]
+    all_new: bool
 
 
 class LoadRace(Exception):
@@ -207,31 +221,28 @@ def _plan(records: Sequence[PropertyRecord], known: dict[str, _Sighting], payloa
     return plan
 
 
-def load_records(conn: Connection, payload: PayloadFile, page: PayloadPage) -> frozenset[str]:
+def load_records(conn: Connection, payload: PayloadFile, page: PayloadPage, *, expect_new: bool = False) -> Loaded:
     """Load the page's valid records, link them to the file, quarantine the rest; no commit (the caller's).
 
-    Afterwards `page.accepted` and `page.rejected` hold the counts the file's status records. Returns the ids
-    the file delivered in an earlier load and no longer does (always empty on a first load): their rows may
-    need another source (processing/replay.py).
+    Afterwards `page.accepted` and `page.rejected` hold the counts the file's status records.
+    `expect_new`: the file's properties are most likely all new to the database (the previous file's were):
+    they are inserted at once, and looked up only if one turns out to exist already.
     """
     # A reload (a reprocess, or a retry after a reload failed) replaces the file's quarantine, and its links
     # only where they changed: a link kept is not written again.
     previous = _previous_load(conn, payload.file_id) if payload.attempts > 1 else frozenset()
+    expect_new = expect_new and not previous
     dialect = conn.dialect.name
     with _driver_errors_as_sqlalchemy(conn, f"bulk load of file {payload.file_id}"):
         if dialect == "postgresql":
             with _driver(conn).cursor() as cursor:
-                records, known = _validated(page, partial(_pg_sightings_of, cursor))
-                ids = _text_array([record.property_id for record in records])
-                _load_postgresql(cursor, payload, records, known, ids)
-                if previous:
-                    ids = _text_array([r.property_id for r in records if r.property_id not in previous])
-                cursor.execute(PG_LINKS, (payload.file_id, ids))
+                records, all_new = _load_postgresql(cursor, payload, page, expect_new)
+                ids = [r.property_id for r in records if r.property_id not in previous]
+                cursor.execute(PG_LINKS, (payload.file_id, _text_array(ids)))
         elif dialect == "sqlite":
             cursor = _driver(conn).cursor()
             try:
-                records, known = _validated(page, partial(_sqlite_sightings_of, cursor))
-                _load_sqlite(cursor, payload, records, known)
+                records, all_new = _load_sqlite(cursor, payload, page, expect_new)
                 links = [(payload.file_id, r.property_id) for r in records if r.property_id not in previous]
                 cursor.executemany(SQLITE_LINK, links)
             finally:
@@ -261,7 +272,7 @@ def load_records(conn: Connection, payload: PayloadFile, page: PayloadPage) -> f
                 for item in sorted(page.rejected, key=_record_index)
             ],
         )
-    return dropped
+    return Loaded(dropped, all_new)
 
 
 def _validated(
@@ -290,9 +301,24 @@ def _pg_sightings_of(cursor: Any, property_ids: Sequence[str]) -> dict[str, _Sig
 
 
 def _load_postgresql(
-    cursor: Any, payload: PayloadFile, records: Sequence[PropertyRecord], known: dict[str, _Sighting], ids: str
-) -> None:
-    """`known`: the records' sightings as read; `ids`: the records' ids as one text[] literal."""
+    cursor: Any, payload: PayloadFile, page: PayloadPage, expect_new: bool
+) -> tuple[list[PropertyRecord], bool]:
+    """The page's records loaded (see the module's docstring); the valid records, and whether all were new."""
+    if expect_new:
+        records = page.records(by_id=True)
+        ids = _text_array([record.property_id for record in records])
+        cursor.execute(PG_SAVEPOINT)
+        try:
+            _write_postgresql(cursor, _Plan(new=list(records)), payload, ids)
+        except psycopg.errors.UniqueViolation:  # not all new after all: the general way
+            cursor.execute(PG_ROLLBACK_TO_SAVEPOINT)
+        else:
+            cursor.execute(PG_RELEASE_SAVEPOINT)
+            return records, True
+        known = _pg_sightings_of(cursor, [record.property_id for record in records])
+    else:
+        records, known = _validated(page, partial(_pg_sightings_of, cursor))
+        ids = _text_array([record.property_id for record in records])
     # Each race lost means another processor committed a change to one of the file's properties, which the next
     # read sees: at most one attempt per record, and in practice one or two.
     for attempt in range(len(records) + 1):
@@ -307,7 +333,7 @@ def _load_postgresql(
             cursor.execute(PG_ROLLBACK_TO_SAVEPOINT)
             continue
         cursor.execute(PG_RELEASE_SAVEPOINT)
-        return
+        return records, not known
     raise AssertionError("every read was current, yet the load kept finding its properties changed")
 
 
@@ -358,12 +384,29 @@ def _sqlite_sightings_of(cursor: Any, property_ids: Sequence[str]) -> dict[str, 
 
 
 def _load_sqlite(
-    cursor: Any, payload: PayloadFile, records: Sequence[PropertyRecord], known: dict[str, _Sighting]
-) -> None:
+    cursor: Any, payload: PayloadFile, page: PayloadPage, expect_new: bool
+) -> tuple[list[PropertyRecord], bool]:
     """SQLite has one writer and the file's transaction holds it (BEGIN IMMEDIATE): the sightings read are
-    current, and the checks of the updates always pass."""
+    current, and the checks of the updates always pass. The valid records, and whether all were new."""
     at = _sqlite_time(payload.captured_at)
-    plan = _plan(records, known, payload)
+    if expect_new:
+        records = page.records(by_id=True)
+        cursor.execute(SQLITE_SAVEPOINT)
+        try:
+            _write_sqlite(cursor, _Plan(new=list(records)), payload, at)
+        except sqlite3.IntegrityError:  # not all new after all: the general way
+            cursor.execute(SQLITE_ROLLBACK_TO_SAVEPOINT)
+        else:
+            cursor.execute(SQLITE_RELEASE_SAVEPOINT)
+            return records, True
+        known = _sqlite_sightings_of(cursor, [record.property_id for record in records])
+    else:
+        records, known = _validated(page, partial(_sqlite_sightings_of, cursor))
+    _write_sqlite(cursor, _plan(records, known, payload), payload, at)
+    return records, not known
+
+
+def _write_sqlite(cursor: Any, plan: _Plan, payload: PayloadFile, at: str) -> None:
     if plan.new:
         cursor.executemany(SQLITE_INSERT_CONTENT, [_sqlite_content(record) for record in plan.new])
         cursor.executemany(

@@ -261,6 +261,7 @@ class PayloadProcessor:
         self.statement_timeout_seconds = statement_timeout_seconds
         self.mirror_markers = mirror_markers
         self._random = random.Random()  # noqa: S311 - retry jitter, not secrets
+        self._expect_new = True  # the last file's properties were all new (see load_records)
 
     def run(
         self,
@@ -442,9 +443,9 @@ class PayloadProcessor:
                     self._bound_waits(conn)
                     status.hold_claim(conn, payload.file_id, self.worker)
                     # Records are validated while they load: the counts are known once load_records returns.
-                    dropped = load_records(conn, payload, page)
+                    loaded = load_records(conn, payload, page, expect_new=self._expect_new)
                     # A reload whose page no longer delivers some properties: they get their other sources.
-                    replay.give_new_sources(conn, payload.file_id, dropped, replay.page_reader(self.store))
+                    replay.give_new_sources(conn, payload.file_id, loaded.dropped, replay.page_reader(self.store))
                     elapsed_ms = _elapsed_ms(started)
                     status.mark_completed(
                         conn,
@@ -469,6 +470,8 @@ class PayloadProcessor:
                 log.info("file %s: %s; trying again in %.2fs", payload.file_id, error.orig, pause)
                 time.sleep(pause)
                 continue
+            # Files come in runs (a first capture, then its re-capture a month later): the next is likely alike.
+            self._expect_new = loaded.all_new
             return FileOutcome(
                 payload.file_id,
                 payload.file_path,

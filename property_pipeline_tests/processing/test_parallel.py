@@ -69,10 +69,10 @@ def test_a_worker_that_dies_is_reported_and_its_file_waits_for_its_lease(
     real_load = processing_engine.load_records
     parent = os.getpid()
 
-    def load_then_die(conn, payload, page):  # type: ignore[no-untyped-def]
+    def load_then_die(conn, payload, page, **options):  # type: ignore[no-untyped-def]
         if os.getpid() != parent and payload.file_id == 3:
             os.kill(os.getpid(), signal.SIGKILL)  # mid-transaction, as a crash or the OOM killer would
-        return real_load(conn, payload, page)
+        return real_load(conn, payload, page, **options)
 
     monkeypatch.setattr(processing_engine, "load_records", load_then_die)
     with pytest.raises(WorkerFailed, match=r"exited with status -9 before finishing.*stays PROCESSING"):
