@@ -15,15 +15,20 @@ Newest wins. For each valid record of the file, against the property's sighting:
   that changes nothing writes nothing;
 - the file is older: the rows keep the newer data; only an earlier first-seen time is recorded.
 
-The decisions are made on the sightings as read at the start of the load. Every write of a sighting
-also checks that the row is still as it was read (its hash, last sighting and file), so a concurrent
-processor's change can never be overwritten unseen: when one is found, everything since the
-savepoint is undone and the load starts again from a fresh read. Content rows are written only by
-the holder of their sighting's row lock. Locks are taken new ids first (ascending), then known ids
-(ascending): an id known to one transaction is committed, so no other one can hold it as a new
-insert; a "new" id another processor committed meanwhile fails the COPY, and the load starts again.
-A file loaded before (a reprocess, or a retry after a failed reload) has its link and quarantine
-rows replaced.
+The sightings of the file's properties are read before its records are validated: a record whose
+bytes hash to its property's stored content hash is the record that row was loaded from (under the
+same rules, see records.py) and is not decoded again. A file whose properties are most likely all
+new (the previous file's were) skips that read and is inserted at once; an id that exists after all
+fails the insert, which is undone, and the file is loaded the general way.
+
+The decisions are made on the sightings as read. Every write of a sighting also checks that the row
+is still as it was read (its hash, last sighting and file), so a concurrent processor's change can
+never be overwritten unseen: when one is found, everything since the savepoint is undone and the
+load starts again from a fresh read. Content rows are written only by the holder of their sighting's
+row lock. Locks are taken new ids first (ascending), then known ids (ascending, one statement): an
+id known to one transaction is committed, so no other one can hold it as a new insert; a "new" id
+another processor committed meanwhile fails the insert, and the load starts again. A file loaded
+before (a reprocess, or a retry after a failed reload) has its link and quarantine rows replaced.
 """
 
 from __future__ import annotations
