@@ -93,3 +93,21 @@ def test_a_duplicate_leaves_the_same_marker_whether_register_or_capture_found_it
     assert set(by_capture) == set(by_register) == {"status", "file_id", "duplicate_of"}
     assert by_capture["status"] == by_register["status"] == "COMPLETED"
     assert by_capture["duplicate_of"] == by_register["duplicate_of"] == 1
+
+
+def test_registration_records_whether_a_page_is_plain_json_and_processing_reads_both_kinds(
+    engine: Engine, root: PayloadRoot
+) -> None:
+    """A page with a number beyond the double range is not plain JSON (orjson refuses it): registration says so,
+    and processing takes it whole, quarantining the record that holds the number; a plain page is cut."""
+    plain = root.write_payload("c", 1, make_page([make_record("a")]), None)
+    quirky_page = make_page([make_record("b"), make_record("c")]).replace(
+        b'"estimatedValue":450000', b'"estimatedValue":1e400', 1
+    )
+    quirky = root.write_payload("c", 2, quirky_page, None)
+    register_unregistered(engine, root, "test")
+    with engine.connect() as conn:
+        verdicts = dict(conn.execute(select(batch_file_status.c.file_path, batch_file_status.c.plain_json)).all())
+    assert verdicts == {plain.relative_path: True, quirky.relative_path: False}
+    report = PayloadProcessor(engine, root).run()
+    assert (report.completed, report.records_loaded, report.records_quarantined) == (2, 2, 1)

@@ -261,7 +261,9 @@ class PayloadProcessor:
         self.statement_timeout_seconds = statement_timeout_seconds
         self.mirror_markers = mirror_markers
         self._random = random.Random()  # noqa: S311 - retry jitter, not secrets
-        self._expect_new = True  # the last file's properties were all new (see load_records)
+        # The last file's properties were all new (see load_records). Not assumed for the first file: a wrong
+        # guess inserts a whole file's rows before it is undone, a lookup that finds nothing costs a statement.
+        self._expect_new = False
 
     def run(
         self,
