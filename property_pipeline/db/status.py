@@ -13,7 +13,8 @@ Every transition is guarded by the state it leaves (compare-and-set) and leaves 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -305,8 +306,20 @@ def _claim_statement(by_month: bool, by_file_ids: bool, excluding: bool) -> Retu
     )
 
 
+@contextmanager
+def transaction(bind: Engine | Connection) -> Iterator[Connection]:
+    """A transaction on `bind`: a pooled connection of an Engine, or a Connection a caller holds for many (a
+    processor's run: one checkout and one liveness check for all its claims and loads)."""
+    if isinstance(bind, Engine):
+        with bind.begin() as conn:
+            yield conn
+    else:
+        with bind.begin():
+            yield bind
+
+
 def claim_next_pending(
-    engine: Engine,
+    engine: Engine | Connection,
     worker: str,
     lease_seconds: int,
     *,
@@ -325,7 +338,7 @@ def claim_next_pending(
         "claim_until": utcnow() + timedelta(seconds=lease_seconds),
         **_scope_parameters(month, file_ids, excluding),
     }
-    with engine.begin() as conn:
+    with transaction(engine) as conn:
         if conn.dialect.name == "postgresql":
             # The claim need not wait for its WAL to reach disk: a server crash that loses it also
             # ends this processor's connection, so the file is just PENDING again and nothing of it
@@ -383,9 +396,41 @@ _HOLD = (
 )
 
 
-def hold_claim(conn: Connection, file_id: int, worker: str) -> None:
-    """Inside the data transaction: lock the status row and check this worker still owns it."""
-    owned = conn.execute(_HOLD, {"hold_file_id": file_id, "hold_worker": worker}).first()
+@dataclass(frozen=True)
+class WaitBounds:
+    """PostgreSQL settings that bound how long a transaction may wait or idle (`SET LOCAL` values, e.g. '10s')."""
+
+    lock_timeout: str
+    idle_in_transaction_session_timeout: str
+    statement_timeout: str
+
+
+# The bounds set and the status row locked in one statement (one round trip per file); the settings come first in
+# the select list, so the lock's wait is bounded too.
+_PG_HOLD_WITHIN_BOUNDS = (
+    "SELECT set_config('lock_timeout', %(lock)s, true), "
+    "set_config('idle_in_transaction_session_timeout', %(idle)s, true), "
+    "set_config('statement_timeout', %(statement)s, true), "
+    "(SELECT file_id FROM batch_file_status WHERE file_id = %(file_id)s AND status = %(status)s "
+    "AND locked_by = %(worker)s FOR UPDATE)"
+)
+
+
+def hold_claim(conn: Connection, file_id: int, worker: str, *, bounds: WaitBounds | None = None) -> None:
+    """Inside the data transaction: lock the status row and check this worker still owns it. PostgreSQL: `bounds`
+    are set for the rest of the transaction first."""
+    if bounds is not None and conn.dialect.name == "postgresql":
+        parameters = {
+            "lock": bounds.lock_timeout,
+            "idle": bounds.idle_in_transaction_session_timeout,
+            "statement": bounds.statement_timeout,
+            "file_id": file_id,
+            "status": FileStatus.PROCESSING.value,
+            "worker": worker,
+        }
+        owned = conn.exec_driver_sql(_PG_HOLD_WITHIN_BOUNDS, parameters).one()[3]
+    else:
+        owned = conn.execute(_HOLD, {"hold_file_id": file_id, "hold_worker": worker}).first()
     if owned is None:
         raise LostClaim(f"file {file_id} is no longer claimed by {worker} (lease expired and it was requeued)")
 

@@ -55,12 +55,6 @@ class Outcome(StrEnum):
 # many times (with a growing, jittered pause) before the file is given back for a later run.
 LOCK_TIMEOUT_SECONDS = 10
 CONFLICT_ATTEMPTS = 4
-# Run once per file, so written as SQL: building the same expression each time cost more than running it.
-PG_BOUNDED_WAITS = (
-    "SELECT set_config('lock_timeout', %(lock)s, true), "
-    "set_config('idle_in_transaction_session_timeout', %(idle)s, true), "
-    "set_config('statement_timeout', %(statement)s, true)"
-)
 # SQLSTATEs of a transaction that lost to a concurrent one: deadlock, serialization failure, lock timeout.
 CONFLICT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 # The heartbeat renews a claim this many times per lease, so that one late renewal never loses it.
@@ -261,6 +255,7 @@ class PayloadProcessor:
         self.statement_timeout_seconds = statement_timeout_seconds
         self.mirror_markers = mirror_markers
         self._random = random.Random()  # noqa: S311 - retry jitter, not secrets
+        self._held: Connection | None = None  # the connection of a run in progress (see `run`)
         # The last file's properties were all new (see load_records). Not assumed for the first file: a wrong
         # guess inserts a whole file's rows before it is undone, a lookup that finds nothing costs a statement.
         self._expect_new = False
@@ -294,36 +289,60 @@ class PayloadProcessor:
         deferred: list[int] = []  # given back during this run: not claimed again by it
         # SQLite has one writer, and its commits leave a core free for reading the next file meanwhile.
         read_ahead = self.engine.dialect.name == "sqlite"
-        ahead: _ReadPage | None = None
-        with fewer_garbage_collections():
-            while limit is None or len(report.outcomes) < limit:
-                if should_stop is not None and should_stop():
-                    break
-                claimed = status.claim_next_pending(
-                    self.engine, self.worker, self.lease_seconds, month=month, file_ids=file_ids, excluding=deferred
-                )
-                if claimed is None:
-                    break
-                reader = (
-                    _ReadAhead(self, month, file_ids, [*deferred, claimed.file_id])
-                    if read_ahead and (limit is None or len(report.outcomes) + 1 < limit)
-                    else None
-                )
-                try:
-                    outcome = self.process_claimed(
-                        claimed,
-                        read_ahead=ahead if ahead is not None and ahead.file_id == claimed.file_id else None,
-                        before_commit=reader.start if reader is not None else None,
-                    )
-                finally:
-                    ahead = reader.result() if reader is not None else None
-                if outcome.status == Outcome.DEFERRED:
-                    deferred.append(outcome.file_id)
-                report.outcomes.append(outcome)
-                if on_file is not None:
-                    on_file(outcome)
+        # One connection for the run's claims and loads: one checkout and one liveness check, not two per file.
+        with self.engine.connect() as held, fewer_garbage_collections():
+            self._held = held
+            try:
+                self._run_claims(report, deferred, read_ahead, month, file_ids, limit, on_file, should_stop)
+            finally:
+                self._held = None
         report.seconds = time.perf_counter() - started
         return report
+
+    def _run_claims(
+        self,
+        report: ProcessingReport,
+        deferred: list[int],
+        read_ahead: bool,
+        month: str | None,
+        file_ids: Sequence[int] | None,
+        limit: int | None,
+        on_file: ProgressCallback | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> None:
+        """Claim and process files until none is left in scope, `limit` is reached, or `should_stop()`."""
+        ahead: _ReadPage | None = None
+        while limit is None or len(report.outcomes) < limit:
+            if should_stop is not None and should_stop():
+                break
+            claimed = status.claim_next_pending(
+                self._held or self.engine,
+                self.worker,
+                self.lease_seconds,
+                month=month,
+                file_ids=file_ids,
+                excluding=deferred,
+            )
+            if claimed is None:
+                break
+            reader = (
+                _ReadAhead(self, month, file_ids, [*deferred, claimed.file_id])
+                if read_ahead and (limit is None or len(report.outcomes) + 1 < limit)
+                else None
+            )
+            try:
+                outcome = self.process_claimed(
+                    claimed,
+                    read_ahead=ahead if ahead is not None and ahead.file_id == claimed.file_id else None,
+                    before_commit=reader.start if reader is not None else None,
+                )
+            finally:
+                ahead = reader.result() if reader is not None else None
+            if outcome.status == Outcome.DEFERRED:
+                deferred.append(outcome.file_id)
+            report.outcomes.append(outcome)
+            if on_file is not None:
+                on_file(outcome)
 
     def process_claimed(
         self,
@@ -441,9 +460,8 @@ class PayloadProcessor:
                 else:
                     page = self._read(payload, handle)
             try:
-                with self.engine.begin() as conn:
-                    self._bound_waits(conn)
-                    status.hold_claim(conn, payload.file_id, self.worker)
+                with status.transaction(self._held or self.engine) as conn:
+                    status.hold_claim(conn, payload.file_id, self.worker, bounds=self._wait_bounds())
                     # Records are validated while they load: the counts are known once load_records returns.
                     loaded = load_records(conn, payload, page, expect_new=self._expect_new)
                     # A reload whose page no longer delivers some properties: they get their other sources.
@@ -501,20 +519,15 @@ class PayloadProcessor:
         except PayloadFormatError as error:
             raise FileProblem(f"{payload.file_path}: {error}") from None
 
-    def _bound_waits(self, conn: Connection) -> None:
+    def _wait_bounds(self) -> status.WaitBounds:
         """PostgreSQL: the file's transaction waits at most LOCK_TIMEOUT_SECONDS for a lock, and its session is
         ended by the server if it sits idle inside the transaction for a lease (a suspended processor: a live one
         never pauses between its statements) or runs one statement past `statement_timeout_seconds`, so that
         its row locks never hold the other processors up for good."""
-        if conn.dialect.name != "postgresql":
-            return
-        conn.exec_driver_sql(
-            PG_BOUNDED_WAITS,
-            {
-                "lock": f"{LOCK_TIMEOUT_SECONDS}s",
-                "idle": f"{self.lease_seconds}s",
-                "statement": f"{self.statement_timeout_seconds}s",
-            },
+        return status.WaitBounds(
+            lock_timeout=f"{LOCK_TIMEOUT_SECONDS}s",
+            idle_in_transaction_session_timeout=f"{self.lease_seconds}s",
+            statement_timeout=f"{self.statement_timeout_seconds}s",
         )
 
     def _fail(self, payload: PayloadFile, message: str, started: float) -> FileOutcome:
