@@ -199,9 +199,11 @@ def server_facts() -> dict[str, Any]:
         version = admin.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         settings = dict(
             admin.execute(
-                "SELECT name, setting || COALESCE(unit, '') FROM pg_settings WHERE name IN "
+                # current_setting: the value as people write it ('128MB'); `setting || unit` read '16384' pages of
+                # '8kB' as '163848kB'.
+                "SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
                 "('shared_buffers', 'synchronous_commit', 'fsync', 'max_wal_size', 'default_toast_compression', "
-                "'wal_level', 'full_page_writes')"
+                "'wal_level', 'full_page_writes', 'autovacuum')"
             ).fetchall()
         )
     return {"postgresql": version, "settings": settings}
