@@ -245,6 +245,9 @@ class ChildRun:
     peak_tree_pss_mb: float = 0.0
     peak_tree_rss_mb: float = 0.0
     peak_processes: int = 0
+    # CPU time (user + system) of the child and every process it waited for (its workers), from wait4: the
+    # interpreter's start included.
+    cpu_seconds: float = 0.0
 
     def json(self) -> Any:
         return json.loads(self.stdout)
@@ -334,7 +337,59 @@ def run_child(
             peak_tree_pss_mb=sampler.peak_pss_kb / 1024 if sampler else 0.0,
             peak_tree_rss_mb=sampler.peak_rss_kb / 1024 if sampler else 0.0,
             peak_processes=sampler.peak_processes if sampler else 0,
+            cpu_seconds=usage.ru_utime + usage.ru_stime,
         )
+
+
+class ServerCpu(threading.Thread):
+    """CPU time (user + system) spent by the local PostgreSQL server's processes while it runs, as a context manager.
+
+    Samples /proc every `interval` for every process named `postgres` (backends, the WAL writer, the
+    checkpointer) and sums what each used since it was first seen or started. A backend that exits loses at
+    most its last interval; a server on another machine (or processes /proc does not show) reads as zero.
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self._ticks_per_second = os.sysconf("SC_CLK_TCK")
+        self._start = dict(self._ticks())
+        self._latest: dict[int, int] = {}
+        self._stopped = threading.Event()
+
+    @staticmethod
+    def _ticks() -> Iterator[tuple[int, int]]:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    head, tail = stat.read().rsplit(b")", 1)
+            except OSError:
+                continue
+            if head.endswith(b"(postgres"):
+                fields = tail.split()
+                yield int(entry), int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+
+    def run(self) -> None:
+        while True:
+            self._latest.update(self._ticks())
+            if self._stopped.wait(self.interval):
+                self._latest.update(self._ticks())
+                return
+
+    def __enter__(self) -> ServerCpu:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stopped.set()
+        self.join()
+
+    @property
+    def seconds(self) -> float:
+        ticks = sum(latest - self._start.get(pid, 0) for pid, latest in self._latest.items())
+        return ticks / self._ticks_per_second
 
 
 def python_child(

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 from benchmarks.common import (
     WIDE_TABLE,
+    ServerCpu,
     TargetResult,
     checkpoint,
     create_wide_table,
@@ -55,12 +57,16 @@ def run(mode: str) -> TargetResult:
         )
     values: dict[str, list[float]] = defaultdict(list)
     extras: dict[str, list[Any]] = defaultdict(list)
+    # Per repeat: (client CPU seconds, server CPU seconds) of a method's run (see ServerCpu).
+    cpu: dict[str, list[tuple[float, float]]] = defaultdict(list)
 
     def process() -> float:
         with throwaway_database("process") as url, scratch_folder("process") as logs:
             registered_backlog(url, logs, data)
             checkpoint(url)
-            _child, measured = process_command(url, logs)
+            with ServerCpu() as server:
+                child, measured = process_command(url, logs)
+            cpu[PROCESS].append((child.cpu_seconds, server.seconds))
             problems = exactly_once_problems(url, data.files, data.records)
             result.check(
                 f"exactly once after `process` (repeat {len(values[PROCESS]) + 1})", not problems, "; ".join(problems)
@@ -70,7 +76,7 @@ def run(mode: str) -> TargetResult:
             extras["raw_compression"].append(raw_compression(url))
             return data.records / measured.seconds
 
-    def copy(raw_type: str, compression: str, client: str = "orjson") -> Callable[[], float]:
+    def copy(name: str, raw_type: str, compression: str, client: str = "orjson") -> Callable[[], float]:
         def measure() -> float:
             with throwaway_database("copy") as url:
                 create_wide_table(url)
@@ -82,8 +88,10 @@ def run(mode: str) -> TargetResult:
                     "compression": compression,
                     "client": client,
                 }
-                child = python_child("benchmarks.baselines", "copy", json.dumps(arguments))
+                with ServerCpu() as server:
+                    child = python_child("benchmarks.baselines", "copy", json.dumps(arguments))
                 require_ok(child, f"COPY baseline ({raw_type}, {compression})")
+                cpu[name].append((child.cpu_seconds, server.seconds))
                 measured = child.json()
                 result.check(
                     f"COPY ({raw_type}, {compression}) stored every record",
@@ -107,10 +115,10 @@ def run(mode: str) -> TargetResult:
 
     methods: dict[str, Callable[[], float]] = {
         PROCESS: process,
-        PLAIN_COPY: copy("jsonb", "default"),
-        LZ4_COPY: copy("jsonb", "lz4"),
-        SAME_TABLE_COPY: copy("json", "lz4"),
-        CUT_COPY: copy("json", "lz4", client="msgspec"),
+        PLAIN_COPY: copy(PLAIN_COPY, "jsonb", "default"),
+        LZ4_COPY: copy(LZ4_COPY, "jsonb", "lz4"),
+        SAME_TABLE_COPY: copy(SAME_TABLE_COPY, "json", "lz4"),
+        CUT_COPY: copy(CUT_COPY, "json", "lz4", client="msgspec"),
     }
     if dlt_installed:
         methods[DLT] = dlt_merge
@@ -156,6 +164,9 @@ def run(mode: str) -> TargetResult:
         "rows/s",
         values[CUT_COPY],
     )
+    for name in (PROCESS, PLAIN_COPY, LZ4_COPY, SAME_TABLE_COPY, CUT_COPY):
+        result.methods[name]["client_cpu_seconds"] = [round(client, 2) for client, _server in cpu[name]]
+        result.methods[name]["server_cpu_seconds"] = [round(server, 2) for _client, server in cpu[name]]
     result.ratio("process / plain COPY", _per_repeat(values[PROCESS], values[PLAIN_COPY]), 1.0)
     if dlt_installed:
         result.method(
@@ -178,7 +189,19 @@ def run(mode: str) -> TargetResult:
         "process / COPY from a msgspec-cut client (reference, no goal): "
         + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[PROCESS], values[CUT_COPY]))
     )
+    result.notes.append(
+        "CPU seconds, medians (client: the command and its workers, interpreter start included; server: every "
+        "PostgreSQL process, sampled): "
+        + "; ".join(
+            f"{name} client {_median([c for c, _s in cpu[name]]):.2f}, server {_median([s for _c, s in cpu[name]]):.2f}"
+            for name in (PROCESS, SAME_TABLE_COPY, CUT_COPY)
+        )
+    )
     return result
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
 
 
 def _per_repeat(numerators: list[float], denominators: list[float]) -> list[float]:

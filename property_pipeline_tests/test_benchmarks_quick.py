@@ -47,3 +47,12 @@ def test_the_quick_benchmark_runs_every_target_and_writes_its_results(postgres_u
         for method in result["methods"].values():
             assert method["values"] and method["min"] <= method["median"] <= method["max"]
     assert "| target / method |" in run.stdout and document["table"] in run.stdout
+    # Where the time goes: the processing target accounts the CPU of the pipeline's command and of its floors,
+    # client and server, per repeat.
+    processing = next(result for result in document["results"] if result["target"] == "processing")
+    for name in ("process", "same_table_copy"):
+        method = processing["methods"][name]
+        assert len(method["client_cpu_seconds"]) == len(method["values"]), method
+        assert all(seconds > 0 for seconds in method["client_cpu_seconds"]), method
+        assert len(method["server_cpu_seconds"]) == len(method["values"]), method
+        assert any(seconds > 0 for seconds in method["server_cpu_seconds"]), method
