@@ -253,18 +253,25 @@ class ChildRun:
         return json.loads(self.stdout)
 
 
-def _descendants(pid: int) -> list[int]:
-    """`pid` and every process below it, from the parent ids in /proc."""
-    children: dict[int, list[int]] = {}
+def _process_stats() -> Iterator[tuple[int, bytes, list[bytes]]]:
+    """Every process /proc shows: its pid, its name, and the fields of its `stat` after the name (state first, so
+    the parent id is fields[1], utime and stime fields[11] and fields[12])."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", "rb") as stat:
-                parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
+                head, tail = stat.read().rsplit(b")", 1)
+        except (OSError, ValueError):  # gone meanwhile
             continue
-        children.setdefault(parent, []).append(int(entry))
+        yield int(entry), head.split(b"(", 1)[-1], tail.split()
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it, from the parent ids in /proc."""
+    children: dict[int, list[int]] = {}
+    for process, _name, fields in _process_stats():
+        children.setdefault(int(fields[1]), []).append(process)
     tree, frontier = [pid], [pid]
     while frontier:
         frontier = [child for parent in frontier for child in children.get(parent, [])]
@@ -359,17 +366,9 @@ class ServerCpu(threading.Thread):
 
     @staticmethod
     def _ticks() -> Iterator[tuple[int, int]]:
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    head, tail = stat.read().rsplit(b")", 1)
-            except OSError:
-                continue
-            if head.endswith(b"(postgres"):
-                fields = tail.split()
-                yield int(entry), int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        for pid, name, fields in _process_stats():
+            if name == b"postgres":
+                yield pid, int(fields[11]) + int(fields[12])  # utime + stime
 
     def run(self) -> None:
         while True:

@@ -193,15 +193,12 @@ def run(mode: str) -> TargetResult:
         "CPU seconds, medians (client: the command and its workers, interpreter start included; server: every "
         "PostgreSQL process, sampled): "
         + "; ".join(
-            f"{name} client {_median([c for c, _s in cpu[name]]):.2f}, server {_median([s for _c, s in cpu[name]]):.2f}"
+            f"{name} client {statistics.median(c for c, _s in cpu[name]):.2f}, "
+            f"server {statistics.median(s for _c, s in cpu[name]):.2f}"
             for name in (PROCESS, SAME_TABLE_COPY, CUT_COPY)
         )
     )
     return result
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else 0.0
 
 
 def _per_repeat(numerators: list[float], denominators: list[float]) -> list[float]:
