@@ -4,6 +4,10 @@ Goals: processing at least 1.0x a plain COPY of the same records into an empty t
 `properties` before migration 0004 (jsonb), at least 1.0x one COPY stream into an empty table exactly like
 `properties` now (json with lz4), and at least 6x dlt's merge. Every method gets a new database; their
 order rotates per repeat.
+
+A reference with no goal says how far any change to `process` could go on this machine: the least exactly-once
+pipeline into this schema (baselines.py, `least_pipeline`), the same claims, transactions and rows without
+anything a pipeline could leave out, checked for exactly-once like `process`.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from benchmarks.common import (
 )
 from benchmarks.data import dataset
 from benchmarks.pipeline import exactly_once_problems, process_command, raw_compression, registered_backlog
+from property_pipeline.processing.parallel import default_workers
 
 PROCESS = "process"
 PLAIN_COPY = "plain_copy"
 LZ4_COPY = "lz4_copy"
 SAME_TABLE_COPY = "same_table_copy"
 CUT_COPY = "cut_copy"
+LEAST = "least_pipeline"
 DLT = "dlt_merge"
 
 
@@ -103,6 +109,23 @@ def run(mode: str) -> TargetResult:
 
         return measure
 
+    def least_pipeline() -> float:
+        with throwaway_database("least") as url, scratch_folder("least") as logs:
+            registered_backlog(url, logs, data)
+            checkpoint(url)
+            arguments = {"db_url": url, "logs_dir": str(logs), "workers": default_workers("postgresql")}
+            with ServerCpu() as server:
+                child = python_child("benchmarks.baselines", "least_pipeline", json.dumps(arguments))
+            require_ok(child, "least exactly-once pipeline")
+            cpu[LEAST].append((child.cpu_seconds, server.seconds))
+            problems = exactly_once_problems(url, data.files, data.records)
+            result.check(
+                f"exactly once after the least pipeline (repeat {len(values[LEAST]) + 1})",
+                not problems,
+                "; ".join(problems),
+            )
+            return data.records / child.json()["seconds"]
+
     def dlt_merge() -> float:
         with throwaway_database("dlt", migrate=False) as url, scratch_folder("dlt") as work:
             arguments = {"db_url": url, "data": files, "work_dir": str(work)}
@@ -119,6 +142,7 @@ def run(mode: str) -> TargetResult:
         LZ4_COPY: copy(LZ4_COPY, "jsonb", "lz4"),
         SAME_TABLE_COPY: copy(SAME_TABLE_COPY, "json", "lz4"),
         CUT_COPY: copy(CUT_COPY, "json", "lz4", client="msgspec"),
+        LEAST: least_pipeline,
     }
     if dlt_installed:
         methods[DLT] = dlt_merge
@@ -164,7 +188,15 @@ def run(mode: str) -> TargetResult:
         "rows/s",
         values[CUT_COPY],
     )
-    for name in (PROCESS, PLAIN_COPY, LZ4_COPY, SAME_TABLE_COPY, CUT_COPY):
+    result.method(
+        LEAST,
+        "reference: the least exactly-once pipeline into this schema, as many workers as `process` (claim, checksum, "
+        "cut, decode, hash; per file one transaction: content, sightings, links, status; no SQLAlchemy, markers, "
+        "heartbeat, field checks or quarantine)",
+        "rows/s",
+        values[LEAST],
+    )
+    for name in (PROCESS, PLAIN_COPY, LZ4_COPY, SAME_TABLE_COPY, CUT_COPY, LEAST):
         result.methods[name]["client_cpu_seconds"] = [round(client, 2) for client, _server in cpu[name]]
         result.methods[name]["server_cpu_seconds"] = [round(server, 2) for _client, server in cpu[name]]
     result.ratio("process / plain COPY", _per_repeat(values[PROCESS], values[PLAIN_COPY]), 1.0)
@@ -189,13 +221,23 @@ def run(mode: str) -> TargetResult:
         "process / COPY from a msgspec-cut client (reference, no goal): "
         + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[PROCESS], values[CUT_COPY]))
     )
+    # Whether the floor is within reach on this machine at all: the least pipeline against the same COPY.
+    result.notes.append(
+        "least exactly-once pipeline / COPY into a table like `properties` (reference, no goal: the most any "
+        "`process` could reach here): "
+        + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[LEAST], values[SAME_TABLE_COPY]))
+    )
+    result.notes.append(
+        "process / least exactly-once pipeline (reference, no goal): "
+        + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[PROCESS], values[LEAST]))
+    )
     result.notes.append(
         "CPU seconds, medians (client: the command and its workers, interpreter start included; server: every "
         "PostgreSQL process, sampled): "
         + "; ".join(
             f"{name} client {statistics.median(c for c, _s in cpu[name]):.2f}, "
             f"server {statistics.median(s for _c, s in cpu[name]):.2f}"
-            for name in (PROCESS, SAME_TABLE_COPY, CUT_COPY)
+            for name in (PROCESS, SAME_TABLE_COPY, CUT_COPY, LEAST)
         )
     )
     return result

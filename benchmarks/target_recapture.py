@@ -17,6 +17,9 @@ pg_waldump (the server's whole WAL when pg_waldump cannot read it: then the serv
 A third run per repeat, a second month with nothing changed, gives the WAL an unchanged record
 costs; the mixed month then gives a changed record's. Goals: no new version of the wide content row for
 an unchanged record, and its WAL at most 10% of a changed record's.
+
+A reference with no goal, the least exactly-once pipeline into this schema (baselines.py, `least_pipeline` with
+`recapture`), says how far any change to `process` could go on this machine.
 """
 
 from __future__ import annotations
@@ -48,11 +51,13 @@ from benchmarks.common import (
 from benchmarks.data import Dataset, dataset, recaptured
 from benchmarks.pipeline import process_command, registered_backlog
 from property_pipeline.db.engine import create_db_engine
+from property_pipeline.processing.parallel import default_workers
 from property_pipeline.registration import DropInRules, register_unregistered
 from property_pipeline.store.folder import PayloadRoot
 
 PROCESS = "process"
 FLOOR = "staged_upsert"
+LEAST = "least_pipeline"
 COPY_VIEW_INTO_WIDE_TABLE = f"INSERT INTO {WIDE_TABLE} SELECT * FROM properties"
 EMPTY_PIPELINE_TABLES = "TRUNCATE property_records, property_sightings, file_properties"
 VACUUM_ANALYZE = "VACUUM ANALYZE "
@@ -222,6 +227,33 @@ def run(mode: str) -> TargetResult:
     values: dict[str, list[float]] = defaultdict(list)
     written: dict[str, list[Written]] = defaultdict(list)
 
+    def seen_again(url: str, month: Dataset, label: str, repeat: int) -> None:
+        """Every property linked to both months, and the changed records' new values loaded."""
+        links = _scalar(url, "SELECT count(*) FROM file_properties")
+        linked = _scalar(
+            url,
+            "SELECT count(DISTINCT l.property_id) FROM file_properties l "
+            "JOIN batch_file_status f ON f.file_id = l.file_id WHERE f.month = %s",
+            (month.month,),
+        )
+        result.check(
+            f"{label}: every property linked to both months and seen again (repeat {repeat})",
+            links == 2 * records and linked == records,
+            f"{links} link rows, {linked} properties linked to {month.month}",
+        )
+        if month is mixed:
+            newest = _scalar(
+                url,
+                "SELECT count(*) FROM properties p JOIN batch_file_status f ON f.file_id = p.source_file_id "
+                "WHERE f.month = %s",
+                (month.month,),
+            )
+            result.check(
+                f"{label}: the changed records hold the new values (repeat {repeat})",
+                newest >= changed,
+                f"{newest} properties from {month.month}",
+            )
+
     def process(month: Dataset, label: str) -> Callable[[], float]:
         def measure() -> float:
             with throwaway_database("recapture") as url, scratch_folder("recapture") as logs:
@@ -232,33 +264,27 @@ def run(mode: str) -> TargetResult:
                 before = _counters(url)
                 _child, measured = process_command(url, logs)
                 written[label].append(_written(url, before))
-                links = _scalar(url, "SELECT count(*) FROM file_properties")
-                seen_again = _scalar(
-                    url,
-                    "SELECT count(DISTINCT l.property_id) FROM file_properties l "
-                    "JOIN batch_file_status f ON f.file_id = l.file_id WHERE f.month = %s",
-                    (month.month,),
-                )
-                result.check(
-                    f"{label}: every property linked to both months and seen again (repeat {len(written[label])})",
-                    links == 2 * records and seen_again == records,
-                    f"{links} link rows, {seen_again} properties linked to {month.month}",
-                )
-                if month is mixed:
-                    newest = _scalar(
-                        url,
-                        "SELECT count(*) FROM properties p JOIN batch_file_status f ON f.file_id = p.source_file_id "
-                        "WHERE f.month = %s",
-                        (month.month,),
-                    )
-                    result.check(
-                        f"{label}: the changed records hold the new values (repeat {len(written[label])})",
-                        newest >= changed,
-                        f"{newest} properties from {month.month}",
-                    )
+                seen_again(url, month, label, len(written[label]))
                 return records / measured.seconds
 
         return measure
+
+    def least_pipeline() -> float:
+        with throwaway_database("recapture_least") as url, scratch_folder("recapture_least") as logs:
+            _first_month_loaded(url, logs, first)
+            _register(url, logs, mixed)
+            _vacuumed(url, PIPELINE_TABLES)
+            checkpoint(url)
+            arguments = {
+                "db_url": url,
+                "logs_dir": str(logs),
+                "workers": default_workers("postgresql"),
+                "recapture": True,
+            }
+            child = python_child("benchmarks.baselines", "least_pipeline", json.dumps(arguments))
+            require_ok(child, "least exactly-once pipeline (re-capture)")
+            seen_again(url, mixed, LEAST, len(values[LEAST]) + 1)
+            return records / child.json()["seconds"]
 
     def floor() -> float:
         with throwaway_database("recapture_floor") as url, scratch_folder("recapture_floor") as logs:
@@ -279,7 +305,11 @@ def run(mode: str) -> TargetResult:
             result.check("the staged upsert merged every record", measured["merged"] == records)
             return records / measured["seconds"]
 
-    methods: dict[str, Callable[[], float]] = {PROCESS: process(mixed, PROCESS), FLOOR: floor}
+    methods: dict[str, Callable[[], float]] = {
+        PROCESS: process(mixed, PROCESS),
+        FLOOR: floor,
+        LEAST: least_pipeline,
+    }
     order = list(methods)
     for repeat in range(sizes.repeats):
         for name in order[repeat % len(order) :] + order[: repeat % len(order)]:
@@ -315,6 +345,14 @@ def run(mode: str) -> TargetResult:
         content_row_versions=[run.property_versions for run in floor_runs],
     )
     result.method(
+        LEAST,
+        "reference: the least exactly-once pipeline into this schema, as many workers as `process` (claim, "
+        "checksum, cut, hash; unchanged records move their sighting, changed ones are decoded and replaced; links, "
+        "status; no SQLAlchemy, markers, heartbeat, field checks, newest-wins test or concurrency checks)",
+        "rows/s",
+        values[LEAST],
+    )
+    result.method(
         "wal_unchanged",
         "process: WAL per unchanged record (a second month with nothing changed: its WAL / records)",
         "bytes",
@@ -346,6 +384,14 @@ def run(mode: str) -> TargetResult:
         else "pg_waldump could not read the WAL: the WAL figures are the whole server's"
     )
     result.ratio("re-capture: process / staged upsert", _per_repeat(values[PROCESS], values[FLOOR]), 2.0)
+    result.notes.append(
+        "least exactly-once pipeline / staged upsert (reference, no goal: the most any `process` could reach here): "
+        + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[LEAST], values[FLOOR]))
+    )
+    result.notes.append(
+        "process / least exactly-once pipeline (reference, no goal): "
+        + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[PROCESS], values[LEAST]))
+    )
     result.ratio(
         "WAL per unchanged record / per changed record",
         [

@@ -50,9 +50,15 @@ def test_the_quick_benchmark_runs_every_target_and_writes_its_results(postgres_u
     # Where the time goes: the processing target accounts the CPU of the pipeline's command and of its floors,
     # client and server, per repeat.
     processing = next(result for result in document["results"] if result["target"] == "processing")
-    for name in ("process", "same_table_copy"):
+    for name in ("process", "same_table_copy", "least_pipeline"):
         method = processing["methods"][name]
         assert len(method["client_cpu_seconds"]) == len(method["values"]), method
         assert all(seconds > 0 for seconds in method["client_cpu_seconds"]), method
         assert len(method["server_cpu_seconds"]) == len(method["values"]), method
         assert any(seconds > 0 for seconds in method["server_cpu_seconds"]), method
+    # The least exactly-once pipeline, the reference for what any `process` could reach, ran on both workloads and
+    # passed the same exactly-once checks as `process`.
+    recapture = next(result for result in document["results"] if result["target"] == "recapture")
+    assert any(check["name"].startswith("exactly once after the least pipeline") for check in processing["checks"])
+    assert any(check["name"].startswith("least_pipeline: every property linked") for check in recapture["checks"])
+    assert recapture["methods"]["least_pipeline"]["values"]
