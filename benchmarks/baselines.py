@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -219,8 +220,8 @@ def _copy_content(cursor: Any, rows: list[tuple[str, tuple[Any, ...], memoryview
             copy.write_row((property_id, *values, raw))
 
 
-def _least_first_load(cursor: Any, body: bytes, lineage: dict[str, Any]) -> int:
-    """Every record of the page new: content rows, sightings and links inserted."""
+def _least_first_load(cursor: Any, body: bytes, lineage: dict[str, Any], *, link_rows: bool = True) -> int:
+    """Every record of the page new: content rows, sightings and (unless told not to) links inserted."""
     from property_pipeline.processing.parse import _ENVELOPE
     from property_pipeline.processing.records import _DECODER, _values_of, content_hash
 
@@ -233,7 +234,8 @@ def _least_first_load(cursor: Any, body: bytes, lineage: dict[str, Any]) -> int:
     _copy_content(cursor, [record[:3] for record in records])
     hashes = "{" + ",".join(f'"\\\\x{record[3].hex()}"' for record in records) + "}"
     cursor.execute(_LEAST_SIGHTINGS, {**lineage, "ids": ids, "hashes": hashes})
-    cursor.execute(_LEAST_LINKS, (lineage["file"], ids))
+    if link_rows:
+        cursor.execute(_LEAST_LINKS, (lineage["file"], ids))
     return len(records)
 
 
@@ -313,9 +315,10 @@ def least_pipeline(arguments: dict[str, Any]) -> dict[str, Any]:
     the page and records COMPLETED with its counts and an event.
 
     `recapture` false (a first load): every record is cut, decoded by the pipeline's compiled decoder and hashed;
-    its content row, sighting and link row are inserted. True (every property known, this file the newest): a
-    record whose bytes hash to the stored hash moves its sighting only (staged by COPY, one UPDATE); a changed one
-    is decoded and its content row replaced (DELETE, COPY); every record gets its link row.
+    its content row, sighting and link row are inserted (`link_rows` false: no link rows, the most any other way
+    of keeping them could save; the result then breaks the lineage invariant). True (every property known, this
+    file the newest): a record whose bytes hash to the stored hash moves its sighting only (staged by COPY, one
+    UPDATE); a changed one is decoded and its content row replaced (DELETE, COPY); every record gets its link row.
 
     Left out, because a pipeline that keeps its promises cannot do less: SQLAlchemy, the payload root's markers,
     the lease's heartbeat, the state, zip and NUL checks, duplicate ids in a file, quarantine, the newest-wins
@@ -323,7 +326,10 @@ def least_pipeline(arguments: dict[str, Any]) -> dict[str, Any]:
     `process` on this machine, and the most a change to its code (not to the schema) could reach.
     """
     payloads = Path(arguments["logs_dir"]) / PAYLOADS_DIR
-    load = _least_recapture if arguments.get("recapture") else _least_first_load
+    if arguments.get("recapture"):
+        load: Callable[[Any, bytes, dict[str, Any]], int] = _least_recapture
+    else:
+        load = partial(_least_first_load, link_rows=arguments.get("link_rows", True))
     started = time.perf_counter()
     children = []
     for number in range(int(arguments["workers"])):

@@ -42,6 +42,7 @@ LZ4_COPY = "lz4_copy"
 SAME_TABLE_COPY = "same_table_copy"
 CUT_COPY = "cut_copy"
 LEAST = "least_pipeline"
+LEAST_UNLINKED = "least_pipeline_without_links"
 DLT = "dlt_merge"
 
 
@@ -109,22 +110,31 @@ def run(mode: str) -> TargetResult:
 
         return measure
 
-    def least_pipeline() -> float:
-        with throwaway_database("least") as url, scratch_folder("least") as logs:
-            registered_backlog(url, logs, data)
-            checkpoint(url)
-            arguments = {"db_url": url, "logs_dir": str(logs), "workers": default_workers("postgresql")}
-            with ServerCpu() as server:
-                child = python_child("benchmarks.baselines", "least_pipeline", json.dumps(arguments))
-            require_ok(child, "least exactly-once pipeline")
-            cpu[LEAST].append((child.cpu_seconds, server.seconds))
-            problems = exactly_once_problems(url, data.files, data.records)
-            result.check(
-                f"exactly once after the least pipeline (repeat {len(values[LEAST]) + 1})",
-                not problems,
-                "; ".join(problems),
-            )
-            return data.records / child.json()["seconds"]
+    def least_pipeline(name: str, *, link_rows: bool) -> Callable[[], float]:
+        def measure() -> float:
+            with throwaway_database("least") as url, scratch_folder("least") as logs:
+                registered_backlog(url, logs, data)
+                checkpoint(url)
+                arguments = {
+                    "db_url": url,
+                    "logs_dir": str(logs),
+                    "workers": default_workers("postgresql"),
+                    "link_rows": link_rows,
+                }
+                with ServerCpu() as server:
+                    child = python_child("benchmarks.baselines", "least_pipeline", json.dumps(arguments))
+                require_ok(child, "least exactly-once pipeline")
+                cpu[name].append((child.cpu_seconds, server.seconds))
+                problems = exactly_once_problems(url, data.files, data.records, link_rows=link_rows)
+                result.check(
+                    f"exactly once after the least pipeline{'' if link_rows else ' without link rows'} "
+                    f"(repeat {len(values[name]) + 1})",
+                    not problems,
+                    "; ".join(problems),
+                )
+                return data.records / child.json()["seconds"]
+
+        return measure
 
     def dlt_merge() -> float:
         with throwaway_database("dlt", migrate=False) as url, scratch_folder("dlt") as work:
@@ -142,7 +152,8 @@ def run(mode: str) -> TargetResult:
         LZ4_COPY: copy(LZ4_COPY, "jsonb", "lz4"),
         SAME_TABLE_COPY: copy(SAME_TABLE_COPY, "json", "lz4"),
         CUT_COPY: copy(CUT_COPY, "json", "lz4", client="msgspec"),
-        LEAST: least_pipeline,
+        LEAST: least_pipeline(LEAST, link_rows=True),
+        LEAST_UNLINKED: least_pipeline(LEAST_UNLINKED, link_rows=False),
     }
     if dlt_installed:
         methods[DLT] = dlt_merge
@@ -196,7 +207,14 @@ def run(mode: str) -> TargetResult:
         "rows/s",
         values[LEAST],
     )
-    for name in (PROCESS, PLAIN_COPY, LZ4_COPY, SAME_TABLE_COPY, CUT_COPY, LEAST):
+    result.method(
+        LEAST_UNLINKED,
+        "reference: the same without link rows (the most any other way of keeping the lineage could save; "
+        "not a pipeline that keeps its promises)",
+        "rows/s",
+        values[LEAST_UNLINKED],
+    )
+    for name in (PROCESS, PLAIN_COPY, LZ4_COPY, SAME_TABLE_COPY, CUT_COPY, LEAST, LEAST_UNLINKED):
         result.methods[name]["client_cpu_seconds"] = [round(client, 2) for client, _server in cpu[name]]
         result.methods[name]["server_cpu_seconds"] = [round(server, 2) for _client, server in cpu[name]]
     result.ratio("process / plain COPY", _per_repeat(values[PROCESS], values[PLAIN_COPY]), 1.0)
@@ -226,6 +244,10 @@ def run(mode: str) -> TargetResult:
         "least exactly-once pipeline / COPY into a table like `properties` (reference, no goal: the most any "
         "`process` could reach here): "
         + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[LEAST], values[SAME_TABLE_COPY]))
+    )
+    result.notes.append(
+        "least pipeline without link rows / COPY into a table like `properties` (reference, no goal): "
+        + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[LEAST_UNLINKED], values[SAME_TABLE_COPY]))
     )
     result.notes.append(
         "process / least exactly-once pipeline (reference, no goal): "
