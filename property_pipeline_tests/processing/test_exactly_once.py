@@ -6,11 +6,19 @@ import os
 import stat
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import Engine, func, select, text
 
 from property_pipeline.db import status
 from property_pipeline.db.queries import row_count_mismatches
-from property_pipeline.db.schema import batch_file_status, file_properties, properties, quarantined_records, utcnow
+from property_pipeline.db.schema import (
+    as_utc,
+    batch_file_status,
+    file_properties,
+    properties,
+    quarantined_records,
+    utcnow,
+)
 from property_pipeline.processing.processor import PayloadProcessor
 from property_pipeline.registration import register_unregistered
 from property_pipeline.store.folder import PayloadRoot
@@ -210,6 +218,60 @@ def test_failed_files_can_be_retried_and_the_retry_is_recorded(engine: Engine, r
         ("PENDING", "PROCESSING"),
         ("PROCESSING", "COMPLETED"),
     ]
+
+
+def _events(conn, file_id: int) -> list[tuple[object, ...]]:  # type: ignore[no-untyped-def]
+    statement = text(
+        "SELECT from_status, to_status, actor, detail, at FROM file_status_events WHERE file_id = :id ORDER BY event_id"
+    )
+    return [tuple(row) for row in conn.execute(statement, {"id": file_id})]
+
+
+def test_a_claim_and_a_completion_each_record_one_event_with_actor_detail_and_time(
+    engine: Engine, root: PayloadRoot
+) -> None:
+    write_pages(root, files=1, per_file=3)
+    register_unregistered(engine, root, "test")
+    before = utcnow()
+    claimed = status.claim_next_pending(engine, "worker-a", 60)
+    assert claimed is not None
+    with engine.begin() as conn:
+        status.mark_completed(
+            conn, claimed.file_id, "worker-a", properties_count=3, success_count=3, error_count=0, processing_time_ms=5
+        )
+    with engine.connect() as conn:
+        registered, claim, completion = _events(conn, claimed.file_id)
+    assert registered[:2] == (None, "PENDING")
+    assert claim[:4] == ("PENDING", "PROCESSING", "worker-a", None)
+    assert completion[:4] == ("PROCESSING", "COMPLETED", "worker-a", "3 loaded")
+    claimed_at, completed_at = (as_utc(claim[4]), as_utc(completion[4]))
+    assert claimed_at is not None and completed_at is not None
+    assert before <= claimed_at <= completed_at <= utcnow()
+
+
+def test_a_completion_without_the_claim_changes_nothing_and_records_no_event(engine: Engine, root: PayloadRoot) -> None:
+    write_pages(root, files=1, per_file=3)
+    register_unregistered(engine, root, "test")
+    claimed = status.claim_next_pending(engine, "worker-a", 60)
+    assert claimed is not None
+    with engine.begin() as conn:
+        before = _events(conn, claimed.file_id)
+        with pytest.raises(status.LostClaim):
+            status.mark_completed(
+                conn,
+                claimed.file_id,
+                "worker-b",
+                properties_count=3,
+                success_count=3,
+                error_count=0,
+                processing_time_ms=5,
+            )
+        # In the same transaction: neither the status row nor the event log changed.
+        assert _events(conn, claimed.file_id) == before
+        assert conn.execute(select(batch_file_status.c.status, batch_file_status.c.locked_by)).one() == (
+            "PROCESSING",
+            "worker-a",
+        )
 
 
 def test_include_failed_reprocesses_failed_files_in_scope_only(engine: Engine, root: PayloadRoot) -> None:
