@@ -88,6 +88,11 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def per_repeat(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
+    """Ratios of values measured in the same repeats, repeat by repeat."""
+    return [numerator / denominator for numerator, denominator in zip(numerators, denominators, strict=True)]
+
+
 @dataclass
 class TargetResult:
     """One target's measurements, ratios (per repeat, then summarised), checks and notes, as JSON."""
@@ -113,6 +118,13 @@ class TargetResult:
         met = stats["median"] <= goal if at_most else stats["median"] >= goal
         goal_text = f"{'<=' if at_most else '>='} {goal:g}" + ("" if unit == "x" else f" {unit}")
         self.ratios.append({"label": label, **stats, "unit": unit, "goal": goal_text, "met": met})
+
+    def reference(
+        self, label: str, numerators: Sequence[float], denominators: Sequence[float], *, why: str = ""
+    ) -> None:
+        """A ratio without a goal, per repeat, as a note: `label (reference, no goal[: why]): r1, r2, ...`."""
+        ratios = ", ".join(f"{ratio:.2f}" for ratio in per_repeat(numerators, denominators))
+        self.notes.append(f"{label} (reference, no goal{': ' + why if why else ''}): {ratios}")
 
     def check(self, name: str, ok: bool, detail: str = "") -> None:
         self.checks.append({"name": name, "ok": bool(ok), "detail": detail})

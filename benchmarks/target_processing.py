@@ -26,6 +26,7 @@ from benchmarks.common import (
     checkpoint,
     create_wide_table,
     log,
+    per_repeat,
     python_child,
     require_ok,
     scratch_folder,
@@ -217,7 +218,7 @@ def run(mode: str) -> TargetResult:
     for name in (PROCESS, PLAIN_COPY, LZ4_COPY, SAME_TABLE_COPY, CUT_COPY, LEAST, LEAST_UNLINKED):
         result.methods[name]["client_cpu_seconds"] = [round(client, 2) for client, _server in cpu[name]]
         result.methods[name]["server_cpu_seconds"] = [round(server, 2) for _client, server in cpu[name]]
-    result.ratio("process / plain COPY", _per_repeat(values[PROCESS], values[PLAIN_COPY]), 1.0)
+    result.ratio("process / plain COPY", per_repeat(values[PROCESS], values[PLAIN_COPY]), 1.0)
     if dlt_installed:
         result.method(
             DLT,
@@ -226,33 +227,26 @@ def run(mode: str) -> TargetResult:
             values[DLT],
             peak_rss_mb=extras["dlt_peak_rss_mb"],
         )
-        result.ratio("process / dlt merge", _per_repeat(values[PROCESS], values[DLT]), 6.0)
+        result.ratio("process / dlt merge", per_repeat(values[PROCESS], values[DLT]), 6.0)
     # The floor of this round: one COPY stream into an empty table exactly like `properties` (json, lz4).
     result.ratio(
-        "process / COPY into a table like `properties`", _per_repeat(values[PROCESS], values[SAME_TABLE_COPY]), 1.0
+        "process / COPY into a table like `properties`", per_repeat(values[PROCESS], values[SAME_TABLE_COPY]), 1.0
     )
-    result.notes.append(
-        "process / jsonb lz4 COPY (reference, no goal): "
-        + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[PROCESS], values[LZ4_COPY]))
-    )
-    result.notes.append(
-        "process / COPY from a msgspec-cut client (reference, no goal): "
-        + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[PROCESS], values[CUT_COPY]))
-    )
+    result.reference("process / jsonb lz4 COPY", values[PROCESS], values[LZ4_COPY])
+    result.reference("process / COPY from a msgspec-cut client", values[PROCESS], values[CUT_COPY])
     # Whether the floor is within reach on this machine at all: the least pipeline against the same COPY.
-    result.notes.append(
-        "least exactly-once pipeline / COPY into a table like `properties` (reference, no goal: the most any "
-        "`process` could reach here): "
-        + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[LEAST], values[SAME_TABLE_COPY]))
+    result.reference(
+        "least exactly-once pipeline / COPY into a table like `properties`",
+        values[LEAST],
+        values[SAME_TABLE_COPY],
+        why="the most any `process` could reach here",
     )
-    result.notes.append(
-        "least pipeline without link rows / COPY into a table like `properties` (reference, no goal): "
-        + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[LEAST_UNLINKED], values[SAME_TABLE_COPY]))
+    result.reference(
+        "least pipeline without link rows / COPY into a table like `properties`",
+        values[LEAST_UNLINKED],
+        values[SAME_TABLE_COPY],
     )
-    result.notes.append(
-        "process / least exactly-once pipeline (reference, no goal): "
-        + ", ".join(f"{ratio:.2f}" for ratio in _per_repeat(values[PROCESS], values[LEAST]))
-    )
+    result.reference("process / least exactly-once pipeline", values[PROCESS], values[LEAST])
     result.notes.append(
         "CPU seconds, medians (client: the command and its workers, interpreter start included; server: every "
         "PostgreSQL process, sampled): "
@@ -263,7 +257,3 @@ def run(mode: str) -> TargetResult:
         )
     )
     return result
-
-
-def _per_repeat(numerators: list[float], denominators: list[float]) -> list[float]:
-    return [numerator / denominator for numerator, denominator in zip(numerators, denominators, strict=True)]

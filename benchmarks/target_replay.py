@@ -15,6 +15,7 @@ from benchmarks.common import (
     checkpoint,
     cli_env,
     log,
+    per_repeat,
     python_child,
     require_ok,
     scratch_folder,
@@ -112,10 +113,6 @@ def run(mode: str) -> TargetResult:
         values[REBUILD],
         wall_seconds=extras["rebuild_wall_seconds"],
     )
-    result.ratio("reprocess / first load", _per_repeat(values[REPROCESS], values[FIRST_LOAD]), 1.0)
-    result.ratio("rebuild / first load", _per_repeat(values[REBUILD], values[FIRST_LOAD]), 1.0)
+    result.ratio("reprocess / first load", per_repeat(values[REPROCESS], values[FIRST_LOAD]), 1.0)
+    result.ratio("rebuild / first load", per_repeat(values[REBUILD], values[FIRST_LOAD]), 1.0)
     return result
-
-
-def _per_repeat(numerators: list[float], denominators: list[float]) -> list[float]:
-    return [numerator / denominator for numerator, denominator in zip(numerators, denominators, strict=True)]
