@@ -155,8 +155,8 @@ def copy_into_table(arguments: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "rows": rows, "stored": stored, "compression": method[0] if method else None}
 
 
-# The least exactly-once pipeline (`least_pipeline`): the writes `process` makes for a first load, spelled out
-# without SQLAlchemy (see ALL_COLUMNS).
+# The least exactly-once pipeline (`least_pipeline`): the statements `process` runs for a first load and for a
+# re-capture, spelled out without SQLAlchemy (see ALL_COLUMNS).
 _CONTENT_COLUMNS = ("property_id", *COLUMNS, "raw")
 _LEAST_CLAIM = (
     "UPDATE batch_file_status SET status = 'PROCESSING', locked_by = %(worker)s, "
@@ -185,8 +185,6 @@ _LEAST_COMPLETE = (
     "locked_by = NULL, locked_until = NULL WHERE file_id = %(file)s AND status = 'PROCESSING' "
     "AND locked_by = %(worker)s"
 )
-
-
 _LEAST_SIGHTINGS_OF = "SELECT property_id, content_hash FROM property_sightings WHERE property_id = ANY(%s::text[])"
 # A few hundred staged rows against the whole table: only probing its primary key row by row is cheap (as in
 # `process`); the planner, which knows nothing of a temporary table's rows, is told so.
@@ -202,11 +200,8 @@ _LEAST_MOVE_SIGHTINGS = (
     "campaign_id = %(campaign)s, last_seen_at = %(at)s FROM least_stage n WHERE s.property_id = n.property_id"
 )
 _LEAST_DELETE_CONTENT = "DELETE FROM property_records WHERE property_id = ANY(%s::text[])"
-_CONTENT_TYPES = (
-    "text",
-    *(_PG_TYPES.get(kind, "text") for _column, _path, kind in FIELDS),
-    "bytea",  # json's binary form is its text: the record's bytes as received
-)
+# The id and the typed columns as in the wide table, then `raw` as the record's bytes (json's binary form is its text).
+_CONTENT_TYPES = (*_COPY_TYPES[: len(FIELDS) + 1], "bytea")
 
 
 def _text_array(values: list[str]) -> str:
