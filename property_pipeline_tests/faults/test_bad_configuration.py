@@ -172,6 +172,46 @@ def test_read_only_commands_pointed_at_nothing_create_nothing_and_say_so(tmp_pat
         admin.dispose()
 
 
+# A Ctrl-C that lands in code a module builds with `exec` (dataclasses, namedtuple and SQLAlchemy do, while
+# they are imported): under `python -m`, CPython 3.11 remembers that KeyboardInterrupt as unhandled even after
+# the command caught it, and ends the process by SIGINT instead of the exit status the command chose.
+_CTRL_C_INSIDE_EXEC = """
+import os, sys
+
+class _CtrlCWhileImporting:
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ["CTRL_C_WHILE_IMPORTING"]:
+            exec("raise KeyboardInterrupt")
+        return None
+
+sys.meta_path.insert(0, _CtrlCWhileImporting())
+"""
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "property_pipeline.cli",  # the command's own modules are being imported (caught in __main__)
+        "property_pipeline.runtime",  # the command runs and imports what it needs (caught where click aborts)
+    ],
+)
+def test_ctrl_c_inside_exec_still_exits_130(tmp_path: Path, module: str) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_CTRL_C_INSIDE_EXEC)
+    env = {
+        **os.environ,
+        **_env(tmp_path),
+        "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)]),
+        "CTRL_C_WHILE_IMPORTING": module,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "property_pipeline", "status"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 130, (done.returncode, done.stderr)
+    assert done.stderr.strip() == "interrupted (Ctrl-C): the command stopped", done.stderr
+
+
 @pytest.mark.parametrize("delay", [0.05, 0.15, 0.3])
 def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path: Path, delay: float) -> None:
     env = {**os.environ, **_env(tmp_path), "PYTHONPATH": str(REPO)}
